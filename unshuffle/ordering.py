@@ -1,0 +1,206 @@
+"""order(): the execution order of the paired blocks, found by search and scored against ``pred``.
+
+Pipeline: seeds (||W_out||_F ascending/descending, delta-norm on the data, sequential greedy), the paper's
+Bradley-Terry ranking from pairwise swap comparisons, then local search (docs/SEARCH.md) from the best start,
+scored on a row subsample with prefix-activation caching; the final order is verified on every row.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import moves as mv
+from .backends import get_scorer
+from .pairing import PairResult, pair
+from .puzzle import Puzzle
+from .search import DEFAULT_SCHEDULE, local_search
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@dataclass
+class OrderResult:
+    """Result of ``order()``. ``order`` lists W_in stack indices in execution order; ``order_out`` the W_out
+    stack index of each position (equal to the pairing's unless the search re-paired blocks).
+    ``seed_mse`` maps each seed (and 'bradley_terry') to its MSE on the search rows; ``history`` lists
+    (round, move kind, i, j, mse after the move, candidates scored that round)."""
+
+    order: List[int]
+    order_out: List[int]
+    mse: float
+    seed_mse: Dict[str, float]
+    start: str
+    history: List[tuple]
+    rounds: int
+    candidates_scored: int
+    block_rows: int
+    stopped: str
+    backend: str
+    search_rows: int
+    repaired: bool
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def moves_used(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for h in self.history:
+            name = mv.KIND_NAMES[int(h[1])]
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
+def _delta(x, W_in, b_in, W_out, b_out, a_idx, b_idx):
+    """Block updates out(relu(inp(x))) for several blocks at once: (len(a_idx), R, d)."""
+    hid = torch.relu(torch.einsum("rd,khd->krh", x, W_in[a_idx]) + b_in[a_idx].unsqueeze(1))
+    return torch.einsum("krh,kdh->krd", hid, W_out[b_idx]) + b_out[b_idx].unsqueeze(1)
+
+
+def greedy_seed(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> List[int]:
+    """Sequential greedy: at each position, the remaining block that changes the activations least."""
+    n = len(out_of)
+    rem = list(range(n))
+    x = X
+    order = []
+    oo = torch.as_tensor(list(out_of))
+    while rem:
+        a = torch.as_tensor(rem)
+        dl = _delta(x, W_in, b_in, W_out, b_out, a, oo[a])
+        k = int(torch.argmin(dl.norm(dim=2).mean(dim=1)))
+        order.append(rem.pop(k))
+        x = x + dl[k]
+    return order
+
+
+def seeds(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> Dict[str, List[int]]:
+    """Every seed order (lists of W_in stack indices)."""
+    oo = torch.as_tensor(list(out_of))
+    fro = W_out[oo].flatten(1).norm(dim=1)
+    dn = _delta(X, W_in, b_in, W_out, b_out, torch.arange(len(out_of)), oo).norm(dim=2).mean(dim=1)
+    return {
+        "fro_asc": torch.argsort(fro, stable=True).tolist(),
+        "fro_desc": torch.argsort(-fro, stable=True).tolist(),
+        "delta_norm": torch.argsort(dn, stable=True).tolist(),
+        "greedy": greedy_seed(X, W_in, b_in, W_out, b_out, out_of),
+    }
+
+
+def bradley_terry(wins: np.ndarray, iters: int = 200, prior: float = 0.5) -> np.ndarray:
+    """Bradley-Terry strengths from a win-count matrix (wins[u, v]: times u should precede v), fitted with
+    Hunter's MM algorithm; ``prior`` pseudo-wins against every other item keep it finite."""
+    n = wins.shape[0]
+    W = wins + prior * (1 - np.eye(n))
+    games = W + W.T
+    p = np.ones(n)
+    for _ in range(iters):
+        denom = (games / (p[:, None] + p[None, :])).sum(axis=1)
+        p_new = W.sum(axis=1) / denom
+        p_new /= p_new.sum()
+        if np.allclose(p_new, p, rtol=1e-10, atol=0):
+            p = p_new
+            break
+        p = p_new
+    return p
+
+
+def bt_order(scorer, X, target, weights, order_in, order_out) -> List[int]:
+    """The paper's ranking step: every pair of positions is compared by the loss of swapping the two
+    blocks; the block that should come first wins. Order by Bradley-Terry strength (strongest first)."""
+    W_in, b_in, W_out, b_out, W_last, b_last = weights
+    n = len(order_in)
+    prefix = scorer.forward_prefixes(X, order_in, order_out, W_in, b_in, W_out, b_out)
+    cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+    starts, si, so, moves = mv.generate_candidates(order_in, order_out, (mv.ADJACENT, mv.SWAP))
+    losses = scorer.score(prefix, torch.from_numpy(starts), torch.from_numpy(si), torch.from_numpy(so), *weights, target)
+    wins = np.zeros((n, n))
+    for (k, i, j), loss in zip(moves.tolist(), losses.tolist()):
+        u, v = order_in[i], order_in[j]  # u currently before v
+        if loss < cur:
+            wins[v, u] += 1
+        else:
+            wins[u, v] += 1
+    strength = bradley_terry(wins)
+    return [int(u) for u in np.argsort(-strength, kind="stable")]
+
+
+def search_threshold(pred: torch.Tensor) -> float:
+    """Per-value error below which a search-row residual counts as float32 rounding (32 ulp at the output
+    scale; a wrong order on the public puzzle is off by >1e-3 RMS, the right one by ~2e-7)."""
+    return 32 * EPS32 * max(1.0, float(pred.abs().max()))
+
+
+def order(
+    puzzle: Puzzle,
+    pairing: Optional[PairResult] = None,
+    *,
+    backend: str = "auto",
+    seed: int = 0,
+    search_rows: int = 1024,
+    bt: bool = True,
+    repair: bool = True,
+    kicks: int = 8,
+    max_rounds: int = 10_000,
+    time_limit: Optional[float] = None,
+    progress=None,
+) -> OrderResult:
+    """Find the execution order of the paired blocks. ``search_rows`` rows (drawn with ``seed``) score the
+    search; ``repair`` lets the search re-pair blocks (needed when the weight-only pairing is wrong)."""
+    timings: Dict[str, float] = {}
+    if pairing is None:
+        pairing = pair(puzzle)
+    scorer = get_scorer(backend)
+    g = torch.Generator().manual_seed(seed)
+    R = puzzle.n_rows
+    idx = torch.randperm(R, generator=g)[: min(search_rows, R)].sort().values
+    X, target = puzzle.X[idx].contiguous(), puzzle.pred[idx].contiguous()
+    weights = (puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, puzzle.W_last, puzzle.b_last)
+    out_of = list(pairing.out_of)
+    nvals = X.shape[0] * puzzle.k
+
+    def mse_of(o_in, o_out):
+        x = scorer.forward_prefixes(X, o_in, o_out, *weights[:4])[-1]
+        return float(((x @ puzzle.W_last.T + puzzle.b_last - target).double() ** 2).sum()) / nvals
+
+    t = time.perf_counter()
+    cands = seeds(X, puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, out_of)
+    seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
+    timings["seeds"] = time.perf_counter() - t
+    if bt:
+        t = time.perf_counter()
+        best_seed = min(seed_mse, key=seed_mse.get)
+        o = cands[best_seed]
+        cands["bradley_terry"] = bt_order(scorer, X, target, weights, o, [out_of[a] for a in o])
+        seed_mse["bradley_terry"] = mse_of(cands["bradley_terry"], [out_of[a] for a in cands["bradley_terry"]])
+        timings["bradley_terry"] = time.perf_counter() - t
+    start = min(seed_mse, key=seed_mse.get)
+    o_in = cands[start]
+    o_out = [out_of[a] for a in o_in]
+
+    t = time.perf_counter()
+    schedule = DEFAULT_SCHEDULE if repair else DEFAULT_SCHEDULE[:2]
+    stop = nvals * search_threshold(target) ** 2
+    res = local_search(
+        scorer, X, target, *weights, o_in, o_out, schedule=schedule, stop_loss=stop,
+        max_rounds=max_rounds, kicks=kicks, seed=seed, time_limit=time_limit,
+        progress=progress,
+    )
+    timings["search"] = time.perf_counter() - t
+    return OrderResult(
+        order=res.order_in,
+        order_out=res.order_out,
+        mse=res.loss / nvals,
+        seed_mse=seed_mse,
+        start=start,
+        history=[(r, k, i, j, l / nvals, c) for (r, k, i, j, l, c) in res.history],
+        rounds=res.rounds,
+        candidates_scored=res.candidates_scored,
+        block_rows=res.block_rows,
+        stopped=res.stopped,
+        backend=scorer.name,
+        search_rows=int(X.shape[0]),
+        repaired=[out_of[a] for a in res.order_in] != list(res.order_out),
+        timings=timings,
+    )

@@ -1,0 +1,115 @@
+"""pair(): which inp piece goes with which out piece, from the weights alone.
+
+For a correctly paired block, ``W_out @ W_in`` (d x d) has a strongly negative diagonal standing out of its
+off-diagonal mass (trained residual blocks partly undo the input direction they read). Every (inp, out)
+combination is scored and the assignment solved with the Hungarian algorithm
+(``scipy.optimize.linear_sum_assignment``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .puzzle import Puzzle
+
+
+@dataclass
+class PairResult:
+    """Result of ``pair()``.
+
+    ``out_of[a]`` is the W_out stack index paired with W_in stack index ``a``; ``pairs`` lists (inp_id, out_id).
+    ``ratio`` and ``neg_trace`` are the (N, N) score matrices (rows: inp, columns: out; higher = better).
+    ``margin_row[a]``/``margin_col[a]``: chosen score minus the best other score in its row / column, for
+    the primary score; ``gap[a]``: chosen score / best other score in row and column. ``confident`` is True
+    when every margin is positive and both scores choose the same assignment.
+    """
+
+    out_of: List[int]
+    pairs: List[Tuple[int, int]]
+    method: str
+    ratio: np.ndarray
+    neg_trace: np.ndarray
+    margin_row: np.ndarray
+    margin_col: np.ndarray
+    gap: np.ndarray
+    agree: bool
+    confident: bool
+    seconds: float
+    info: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min_gap(self) -> float:
+        return float(self.gap.min()) if self.gap.size else float("inf")
+
+
+def score_matrices(W_in: torch.Tensor, W_out: torch.Tensor, chunk: int = 16) -> Tuple[np.ndarray, np.ndarray]:
+    """Park's diagonal-dominance ratio and the negative normalised trace for every (inp a, out b).
+
+    ratio[a, b] = -mean(diag M) / mean(|offdiag M|) with M = W_out[b] @ W_in[a]: the signed form of the
+    paper's ratio (correct pairs have strongly negative diagonals, so direction matters);
+    neg_trace[a, b] = -trace(M) / d.
+    """
+    N, h, d = W_in.shape
+    Wi = W_in.double()
+    Wo = W_out.double()
+    ratio = np.empty((N, W_out.shape[0]))
+    ntr = np.empty_like(ratio)
+    for a0 in range(0, N, chunk):
+        M = torch.einsum("bdh,ahe->abde", Wo, Wi[a0 : a0 + chunk])  # (c, No, d, d)
+        diag = torch.diagonal(M, dim1=2, dim2=3)
+        tr = diag.sum(-1)
+        off = (M.abs().sum((2, 3)) - diag.abs().sum(-1)) / max(1, d * (d - 1))
+        ratio[a0 : a0 + chunk] = (-(tr / d) / off.clamp_min(1e-30)).numpy()
+        ntr[a0 : a0 + chunk] = (-tr / d).numpy()
+    return ratio, ntr
+
+
+def _margins(S: np.ndarray, cols: np.ndarray):
+    N = S.shape[0]
+    rows = np.arange(N)
+    chosen = S[rows, cols]
+    Sr = S.copy()
+    Sr[rows, cols] = -np.inf
+    best_row = Sr.max(axis=1) if S.shape[1] > 1 else np.full(N, -np.inf)
+    best_col_other = np.full(N, -np.inf)
+    if N > 1:
+        colmax = Sr.max(axis=0)  # best other in each column
+        best_col_other = colmax[cols]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        other = np.maximum(best_row, best_col_other)
+        gap = np.where(other > 0, chosen / other, np.inf)
+    return chosen - best_row, chosen - best_col_other, gap
+
+
+def pair(puzzle: Puzzle, method: str = "ratio") -> PairResult:
+    """Pair every inp piece with an out piece (Hungarian assignment on ``method``: 'ratio' or 'trace')."""
+    t0 = time.perf_counter()
+    ratio, ntr = score_matrices(puzzle.W_in, puzzle.W_out)
+    if method not in ("ratio", "trace"):
+        raise ValueError(f"unknown pairing method {method!r} (choose 'ratio' or 'trace')")
+    S = ratio if method == "ratio" else ntr
+    other = ntr if method == "ratio" else ratio
+    _, cols = linear_sum_assignment(S, maximize=True)
+    _, cols2 = linear_sum_assignment(other, maximize=True)
+    mr, mc, gap = _margins(S, cols)
+    agree = bool(np.array_equal(cols, cols2))
+    confident = bool(agree and (mr > 0).all() and (mc > 0).all())
+    out_of = [int(c) for c in cols]
+    return PairResult(
+        out_of=out_of,
+        pairs=[(puzzle.inp_ids[a], puzzle.out_ids[b]) for a, b in enumerate(out_of)],
+        method=method,
+        ratio=ratio,
+        neg_trace=ntr,
+        margin_row=mr,
+        margin_col=mc,
+        gap=gap,
+        agree=agree,
+        confident=confident,
+        seconds=time.perf_counter() - t0,
+    )

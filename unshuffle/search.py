@@ -1,0 +1,123 @@
+"""The local-search round loop (reference semantics of docs/SEARCH.md), driving any scorer backend.
+
+The C++ core runs the same loop without Python in it (``unshuffle._core.local_search``); this one is the
+reference it is tested against, and the loop used with the torch and Triton scorers. It supports a time
+limit, Ctrl-C (returns the best so far) and a progress callback.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from . import moves as mv
+
+DEFAULT_SCHEDULE = ((mv.ADJACENT,), (mv.SWAP, mv.INSERT), (mv.REPAIR,))
+
+
+@dataclass
+class SearchOutcome:
+    order_in: List[int]
+    order_out: List[int]
+    loss: float  # sum of squared errors on the search rows
+    history: List[tuple] = field(default_factory=list)  # (round, kind, i, j, loss, n_candidates)
+    rounds: int = 0
+    candidates_scored: int = 0
+    block_rows: int = 0
+    stopped: str = ""
+
+
+def improves(new: float, cur: float) -> bool:
+    """Strict improvement guarded against float noise (docs/SEARCH.md)."""
+    return new < cur * (1.0 - 1e-9) - 1e-30
+
+
+def local_search(
+    scorer,
+    X: torch.Tensor,
+    target: torch.Tensor,
+    W_in, b_in, W_out, b_out, W_last, b_last,
+    order_in: Sequence[int],
+    order_out: Sequence[int],
+    schedule: Sequence[Sequence[int]] = DEFAULT_SCHEDULE,
+    stop_loss: float = 0.0,
+    max_rounds: int = 10_000,
+    kicks: int = 0,
+    seed: int = 0,
+    time_limit: Optional[float] = None,
+    progress: Optional[Callable[[int, str, float], None]] = None,
+) -> SearchOutcome:
+    """Best-improvement local search over the schedule's move sets; see docs/SEARCH.md."""
+    t0 = time.perf_counter()
+    n = len(order_in)
+    R = int(X.shape[0])
+    oi, oo = list(order_in), list(order_out)
+    rng = mv.SplitMix64(seed)
+    visited = {mv.ordering_hash(oi, oo)}
+    weights = (W_in, b_in, W_out, b_out, W_last, b_last)
+    prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
+    cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+    out = SearchOutcome(list(oi), list(oo), cur)
+    level, kicks_left = 0, kicks
+    try:
+        while True:
+            if cur <= stop_loss:
+                out.stopped = "exact"
+                break
+            if out.rounds >= max_rounds:
+                out.stopped = "max_rounds"
+                break
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                out.stopped = "time_limit"
+                break
+            if level >= len(schedule):
+                if kicks_left <= 0 or n < 3:
+                    out.stopped = "local_optimum"
+                    break
+                kicks_left -= 1
+                while True:
+                    i, j = rng.next() % n, rng.next() % n
+                    if abs(i - j) < 2:
+                        continue
+                    ki, ko = mv.apply_move(oi, oo, mv.KICK, i, j)
+                    if mv.ordering_hash(ki, ko) not in visited:
+                        break
+                oi, oo = ki, ko
+                visited.add(mv.ordering_hash(oi, oo))
+                prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
+                cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+                out.history.append((out.rounds, mv.KICK, i, j, cur, 0))
+                level = 0
+                continue
+            starts, si, so, moves = mv.generate_candidates(oi, oo, schedule[level])
+            out.rounds += 1
+            if len(starts) == 0:
+                level += 1
+                continue
+            st = torch.from_numpy(starts)
+            losses = scorer.score(prefix, st, torch.from_numpy(si), torch.from_numpy(so), *weights, target)
+            out.candidates_scored += len(starts)
+            out.block_rows += int((n - starts).sum()) * R
+            best = int(torch.argmin(losses))  # first minimum: ties go to the lowest index
+            bl = float(losses[best])
+            if improves(bl, cur):
+                k, i, j = (int(v) for v in moves[best])
+                oi, oo = mv.apply_move(oi, oo, k, i, j)
+                visited.add(mv.ordering_hash(oi, oo))
+                prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
+                cur = bl
+                out.history.append((out.rounds, k, i, j, cur, len(starts)))
+                if cur < out.loss:
+                    out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
+                level = 0
+                if progress is not None:
+                    progress(out.rounds, mv.KIND_NAMES[k], cur)
+            else:
+                level += 1
+    except KeyboardInterrupt:
+        out.stopped = "interrupted"
+    if cur < out.loss:
+        out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
+    return out

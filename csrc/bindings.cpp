@@ -1,0 +1,326 @@
+// Thin pybind11 layer over the C++ core (scorer.hpp, search.hpp): validates numpy inputs (dtype, C order,
+// shapes, index ranges), releases the GIL while the core works, and turns problems into ValueErrors that
+// name the function, the argument and what is wrong. Inputs are never silently converted.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "scorer.hpp"
+#include "search.hpp"
+
+namespace py = pybind11;
+using namespace unshuffle;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& fn, const std::string& msg) { throw py::value_error(fn + ": " + msg); }
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+  if (a.ndim() == 1) s << ",";
+  s << ")";
+  return s.str();
+}
+
+// dtype (float32 or int64, native byte order), ndim, C-contiguity and alignment; returns the shape.
+std::vector<int64_t> check(const py::array& a, const std::string& fn, const char* name, bool is_float, int ndim,
+                           const char* layout) {
+  const py::dtype want = is_float ? py::dtype::of<float>() : py::dtype::of<int64_t>();
+  if (!a.dtype().is(want))
+    fail(fn, std::string(name) + " must be a " + (is_float ? "float32" : "int64") + " array, got dtype " +
+                 std::string(py::str(a.dtype())));
+  if (a.ndim() != ndim)
+    fail(fn, std::string(name) + " must be " + std::to_string(ndim) + "-D " + layout + ", got shape " + shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    fail(fn, std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() != 0)
+    fail(fn, std::string(name) + " is not aligned to its item size (copy it)");
+  std::vector<int64_t> s(static_cast<std::size_t>(ndim));
+  for (int i = 0; i < ndim; ++i) s[i] = static_cast<int64_t>(a.shape(i));
+  return s;
+}
+
+void expect_shape(const std::string& fn, const char* name, const py::array& a, const std::vector<int64_t>& want,
+                  const std::string& why) {
+  for (std::size_t i = 0; i < want.size(); ++i)
+    if (a.shape(static_cast<py::ssize_t>(i)) != want[i]) {
+      std::ostringstream s;
+      s << name << " has shape " << shape_str(a) << ", expected (";
+      for (std::size_t j = 0; j < want.size(); ++j) s << (j ? ", " : "") << want[j];
+      s << (want.size() == 1 ? ",)" : ")") << " " << why;
+      fail(fn, s.str());
+    }
+}
+
+template <class T>
+const T* ptr(const py::array& a) { return static_cast<const T*>(a.data()); }
+
+// Validated block stacks: W_in (Ni, h, d), b_in (Ni, h), W_out (No, d, h), b_out (No, d); d fixed by the caller.
+struct Stacks { int64_t Ni, No, h; };
+
+Stacks check_stacks(const std::string& fn, int64_t d, const char* d_from, const py::array& W_in, const py::array& b_in,
+                    const py::array& W_out, const py::array& b_out) {
+  auto wi = check(W_in, fn, "W_in", true, 3, "(Ni, h, d)");
+  const int64_t Ni = wi[0], h = wi[1];
+  expect_shape(fn, "W_in", W_in, {Ni, h, d}, std::string("(Ni, h, d) with d from ") + d_from);
+  check(b_in, fn, "b_in", true, 2, "(Ni, h)");
+  expect_shape(fn, "b_in", b_in, {Ni, h}, "(Ni, h) from W_in");
+  auto wo = check(W_out, fn, "W_out", true, 3, "(No, d, h)");
+  const int64_t No = wo[0];
+  expect_shape(fn, "W_out", W_out, {No, d, h}, "(No, d, h) with d, h from W_in");
+  check(b_out, fn, "b_out", true, 2, "(No, d)");
+  expect_shape(fn, "b_out", b_out, {No, d}, "(No, d) from W_out");
+  return {Ni, No, h};
+}
+
+void check_head(const std::string& fn, int64_t R, int64_t d, const py::array& W_last, const py::array& b_last,
+                const py::array& target) {
+  auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
+  const int64_t k = wl[0];
+  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from the rows");
+  check(b_last, fn, "b_last", true, 1, "(k,)");
+  expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  check(target, fn, "target", true, 2, "(R, k)");
+  expect_shape(fn, "target", target, {R, k}, "(R, k): one row per input row, k from W_last");
+}
+
+void check_order(const std::string& fn, const py::array& order_in, const py::array& order_out, int64_t Ni,
+                 int64_t No, bool check_range) {
+  auto n = check(order_in, fn, "order_in", false, 1, "(N,)");
+  check(order_out, fn, "order_out", false, 1, "(N,)");
+  expect_shape(fn, "order_out", order_out, {n[0]}, "(N,): same length as order_in");
+  if (!check_range) return;
+  const int64_t* oi = ptr<int64_t>(order_in);
+  const int64_t* oo = ptr<int64_t>(order_out);
+  for (int64_t t = 0; t < n[0]; ++t) {
+    if (oi[t] < 0 || oi[t] >= Ni)
+      fail(fn, "order_in[" + std::to_string(t) + "] = " + std::to_string(oi[t]) + " is out of range [0, " +
+                   std::to_string(Ni) + ") (W_in has " + std::to_string(Ni) + " pieces)");
+    if (oo[t] < 0 || oo[t] >= No)
+      fail(fn, "order_out[" + std::to_string(t) + "] = " + std::to_string(oo[t]) + " is out of range [0, " +
+                   std::to_string(No) + ") (W_out has " + std::to_string(No) + " pieces)");
+  }
+}
+
+void check_threads(const std::string& fn, int n_threads) {
+  if (n_threads < 0) fail(fn, "n_threads must be >= 0 (0 = OpenMP default), got " + std::to_string(n_threads));
+}
+
+int parse_kind(const std::string& fn, const char* arg, py::handle h) {
+  static const char* names[] = {"adjacent", "swap", "insert", "repair"};
+  if (py::isinstance<py::str>(h)) {
+    const std::string s = py::cast<std::string>(h);
+    for (int i = 0; i < 4; ++i)
+      if (s == names[i]) return i;
+    fail(fn, std::string(arg) + " has unknown move kind '" + s + "' (use adjacent, swap, insert, repair or 0-3)");
+  }
+  if (py::isinstance<py::int_>(h)) {
+    const long long v = py::cast<long long>(h);
+    if (v < 0 || v > 3) fail(fn, std::string(arg) + " has move kind " + std::to_string(v) + ", expected 0-3");
+    return static_cast<int>(v);
+  }
+  fail(fn, std::string(arg) + " must hold move kinds (int 0-3 or name), got " +
+               std::string(py::str(py::type::of(h).attr("__name__"))));
+}
+
+std::vector<int> parse_kinds(const std::string& fn, const char* arg, py::handle seq) {
+  if (!py::isinstance<py::sequence>(seq) || py::isinstance<py::str>(seq))
+    fail(fn, std::string(arg) + " must be a sequence of move kinds");
+  std::vector<int> out;
+  for (py::handle h : py::reinterpret_borrow<py::sequence>(seq)) out.push_back(parse_kind(fn, arg, h));
+  return out;
+}
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<T> a(shape);
+  if (!v.empty()) std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+py::array_t<double> score_candidates_py(py::array prefix, py::array starts, py::array seq_in, py::array seq_out,
+                                        py::array W_in, py::array b_in, py::array W_out, py::array b_out,
+                                        py::array W_last, py::array b_last, py::array target, int n_threads,
+                                        int tile_rows) {
+  const std::string fn = "score_candidates";
+  auto ps = check(prefix, fn, "prefix", true, 3, "(P, R, d)");
+  const int64_t P = ps[0], R = ps[1], d = ps[2];
+  if (P < 1) fail(fn, "prefix must hold at least one position (P >= 1), got shape " + shape_str(prefix));
+  auto st = check(starts, fn, "starts", false, 1, "(K,)");
+  const int64_t K = st[0];
+  auto sq = check(seq_in, fn, "seq_in", false, 2, "(K, L)");
+  expect_shape(fn, "seq_in", seq_in, {K, sq[1]}, "(K, L) with K from starts");
+  const int64_t L = sq[1];
+  check(seq_out, fn, "seq_out", false, 2, "(K, L)");
+  expect_shape(fn, "seq_out", seq_out, {K, L}, "(K, L): the same shape as seq_in");
+  const Stacks s = check_stacks(fn, d, "prefix", W_in, b_in, W_out, b_out);
+  check_head(fn, R, d, W_last, b_last, target);
+  check_threads(fn, n_threads);
+  const IndexError e = check_candidates(ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, P,
+                                        s.Ni, s.No);
+  if (!e.ok) {
+    std::string where = e.arg + "[" + std::to_string(e.row) + (e.col >= 0 ? ", " + std::to_string(e.col) : "") + "]";
+    fail(fn, where + " = " + std::to_string(e.value) + " " + e.what);
+  }
+  py::array_t<double> out(K);
+  double* o = out.mutable_data();
+  const Head head{ptr<float>(W_last), ptr<float>(b_last), ptr<float>(target), static_cast<int64_t>(W_last.shape(0))};
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    score_candidates(net, ptr<float>(prefix), R, ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out),
+                     K, L, head, o, n_threads, tile_rows);
+  }
+  return out;
+}
+
+py::array_t<float> forward_prefixes_py(py::array X, py::array order_in, py::array order_out, py::array W_in,
+                                       py::array b_in, py::array W_out, py::array b_out, int n_threads, int tile_rows) {
+  const std::string fn = "forward_prefixes";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  check_threads(fn, n_threads);
+  const int64_t N = order_in.shape(0);
+  py::array_t<float> out({static_cast<py::ssize_t>(N + 1), static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(d)});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    std::copy(ptr<float>(X), ptr<float>(X) + R * d, o);
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    forward_from(net, o, R, ptr<int64_t>(order_in), ptr<int64_t>(order_out), N, 0, n_threads, tile_rows);
+  }
+  return out;
+}
+
+py::tuple generate_candidates_py(py::array order_in, py::array order_out, py::object kinds) {
+  const std::string fn = "generate_candidates";
+  check_order(fn, order_in, order_out, 0, 0, false);
+  const std::vector<int> ks = parse_kinds(fn, "kinds", kinds);
+  Candidates c;
+  {
+    py::gil_scoped_release nogil;
+    generate_candidates(ptr<int64_t>(order_in), ptr<int64_t>(order_out), order_in.shape(0), ks, c);
+  }
+  const auto K = static_cast<py::ssize_t>(c.K), L = static_cast<py::ssize_t>(c.L);
+  return py::make_tuple(to_array(c.starts, {K}), to_array(c.seq_in, {K, L}), to_array(c.seq_out, {K, L}),
+                        to_array(c.moves, {K, 3}));
+}
+
+py::tuple apply_move_py(py::array order_in, py::array order_out, int kind, int64_t i, int64_t j) {
+  const std::string fn = "apply_move";
+  check_order(fn, order_in, order_out, 0, 0, false);
+  const int64_t N = order_in.shape(0);
+  if (kind < 0 || kind > 4) fail(fn, "kind must be 0-4 (adjacent, swap, insert, repair, kick), got " + std::to_string(kind));
+  if (i < 0 || i >= N) fail(fn, "i = " + std::to_string(i) + " is out of range [0, " + std::to_string(N) + ")");
+  if (j < 0 || j >= N) fail(fn, "j = " + std::to_string(j) + " is out of range [0, " + std::to_string(N) + ")");
+  std::vector<int64_t> oi(ptr<int64_t>(order_in), ptr<int64_t>(order_in) + N);
+  std::vector<int64_t> oo(ptr<int64_t>(order_out), ptr<int64_t>(order_out) + N);
+  apply_move(oi.data(), oo.data(), N, kind, i, j);
+  return py::make_tuple(to_array(oi, {static_cast<py::ssize_t>(N)}), to_array(oo, {static_cast<py::ssize_t>(N)}));
+}
+
+uint64_t ordering_hash_py(py::array order_in, py::array order_out) {
+  check_order("ordering_hash", order_in, order_out, 0, 0, false);
+  return ordering_hash(ptr<int64_t>(order_in), ptr<int64_t>(order_out), order_in.shape(0));
+}
+
+py::dict local_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
+                         py::array b_out, py::array W_last, py::array b_last, py::array order_in, py::array order_out,
+                         py::object schedule, double stop_loss, int64_t max_rounds, int64_t kicks, uint64_t seed,
+                         py::object time_limit_s, int n_threads) {
+  const std::string fn = "local_search";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  check_head(fn, R, d, W_last, b_last, target);
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  check_threads(fn, n_threads);
+  SearchParams p;
+  if (schedule.is_none()) {
+    p.schedule = {{kAdjacent}, {kSwap, kInsert}};
+  } else {
+    if (!py::isinstance<py::sequence>(schedule) || py::isinstance<py::str>(schedule))
+      fail(fn, "schedule must be a sequence of move sets (sequences of move kinds)");
+    for (py::handle lvl : py::reinterpret_borrow<py::sequence>(schedule))
+      p.schedule.push_back(parse_kinds(fn, "schedule", lvl));
+  }
+  if (std::isnan(stop_loss)) fail(fn, "stop_loss must not be NaN");
+  if (max_rounds < 0) fail(fn, "max_rounds must be >= 0, got " + std::to_string(max_rounds));
+  if (kicks < 0) fail(fn, "kicks must be >= 0, got " + std::to_string(kicks));
+  p.stop_loss = stop_loss, p.max_rounds = max_rounds, p.kicks = kicks, p.seed = seed, p.n_threads = n_threads;
+  if (!time_limit_s.is_none()) {
+    const double t = py::cast<double>(time_limit_s);
+    if (!(t > 0)) fail(fn, "time_limit_s must be > 0 or None (no limit), got " + std::to_string(t));
+    p.time_limit_s = std::isinf(t) ? 0.0 : t;
+  }
+  const int64_t N = order_in.shape(0);
+  const Head head{ptr<float>(W_last), ptr<float>(b_last), ptr<float>(target), static_cast<int64_t>(W_last.shape(0))};
+  SearchResult r;
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    r = local_search(net, ptr<float>(X), R, head, ptr<int64_t>(order_in), ptr<int64_t>(order_out), N, p);
+  }
+  std::vector<double> hist;
+  hist.reserve(r.history.size() * 6);
+  for (const auto& row : r.history) hist.insert(hist.end(), row.begin(), row.end());
+  py::dict out;
+  out["order_in"] = to_array(r.order_in, {static_cast<py::ssize_t>(N)});
+  out["order_out"] = to_array(r.order_out, {static_cast<py::ssize_t>(N)});
+  out["loss"] = r.loss;
+  out["history"] = to_array(hist, {static_cast<py::ssize_t>(r.history.size()), 6});
+  out["rounds"] = r.rounds;
+  out["candidates_scored"] = r.candidates_scored;
+  out["block_rows"] = r.block_rows;
+  out["stopped_reason"] = r.stopped_reason;
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "unshuffle C++ core: fused CPU scorer and local search (see unshuffle/reference.py, docs/SEARCH.md)";
+  m.attr("MOVE_KINDS") = py::make_tuple("adjacent", "swap", "insert", "repair", "kick");
+  m.def("score_candidates", &score_candidates_py, py::arg("prefix"), py::arg("starts"), py::arg("seq_in"),
+        py::arg("seq_out"), py::arg("W_in"), py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("W_last"),
+        py::arg("b_last"), py::arg("target"), py::arg("n_threads") = 0, py::arg("tile_rows") = 0,
+        "Contract losses (K,) float64 of K candidates (see unshuffle.reference). All arrays float32/int64,\n"
+        "C-contiguous. n_threads=0 uses the OpenMP default; results do not depend on it. tile_rows (rows per\n"
+        "work item, rounded up to a multiple of 24; 0 = default) is a tuning knob for benchmarks.");
+  m.def("forward_prefixes", &forward_prefixes_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"),
+        py::arg("W_in"), py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("n_threads") = 0,
+        py::arg("tile_rows") = 0, "Activations after each position of the order: (N+1, R, d) float32, [0] = X.");
+  m.def("generate_candidates", &generate_candidates_py, py::arg("order_in"), py::arg("order_out"), py::arg("kinds"),
+        "Candidates of a move set (docs/SEARCH.md): (starts (K,), seq_in (K, L), seq_out (K, L), moves (K, 3)\n"
+        "rows [kind, i, j]). kinds: sequence of 0-3 or adjacent/swap/insert/repair.");
+  m.def("apply_move", &apply_move_py, py::arg("order_in"), py::arg("order_out"), py::arg("kind"), py::arg("i"),
+        py::arg("j"), "New (order_in, order_out) after move (kind, i, j); kind 4 (kick) is an insert.");
+  m.def("ordering_hash", &ordering_hash_py, py::arg("order_in"), py::arg("order_out"),
+        "64-bit FNV-1a over the little-endian bytes of the int64 pairs (order_in[t], order_out[t]).");
+  m.def("local_search", &local_search_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
+        py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"), py::arg("order_in"),
+        py::arg("order_out"), py::arg("schedule") = py::none(), py::arg("stop_loss") = 0.0,
+        py::arg("max_rounds") = 1000000, py::arg("kicks") = 0, py::arg("seed") = 0,
+        py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0,
+        "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
+        "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
+        "rows [round, kind, i, j, loss, n_candidates] (kicks: kind 4, n_candidates 0, round = rounds done),\n"
+        "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"
+        "{stop_loss, max_rounds, time_limit, local_optimum}).");
+}

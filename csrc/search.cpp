@@ -1,0 +1,212 @@
+#include "search.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <unordered_set>
+
+namespace unshuffle {
+
+namespace {
+
+// Enumerates the moves of one kind in SEARCH.md order, calling f(kind, i, j, start).
+template <class F>
+void for_each_move(int kind, int64_t N, F&& f) {
+  switch (kind) {
+    case kAdjacent:
+      for (int64_t i = 0; i + 1 < N; ++i) f(kind, i, i + 1, i);
+      break;
+    case kSwap:
+      for (int64_t i = 0; i + 1 < N; ++i)
+        for (int64_t j = i + 2; j < N; ++j) f(kind, i, j, i);
+      break;
+    case kInsert:
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < N; ++j)
+          if (i - j >= 2 || j - i >= 2) f(kind, i, j, std::min(i, j));
+      break;
+    case kRepair:
+      for (int64_t i = 0; i + 1 < N; ++i)
+        for (int64_t j = i + 1; j < N; ++j) f(kind, i, j, i);
+      break;
+    default:
+      break;
+  }
+}
+
+void insert_move(int64_t* v, int64_t i, int64_t j) {  // list.pop(i); list.insert(j, blk)
+  const int64_t blk = v[i];
+  if (i < j)
+    std::memmove(v + i, v + i + 1, sizeof(int64_t) * (j - i));
+  else if (j < i)
+    std::memmove(v + j + 1, v + j, sizeof(int64_t) * (i - j));
+  v[j] = blk;
+}
+
+}  // namespace
+
+void apply_move(int64_t* oin, int64_t* oout, int64_t N, int kind, int64_t i, int64_t j) {
+  (void)N;
+  switch (kind) {
+    case kAdjacent:
+    case kSwap:
+      std::swap(oin[i], oin[j]);
+      std::swap(oout[i], oout[j]);
+      break;
+    case kInsert:
+    case kKick:
+      insert_move(oin, i, j);
+      insert_move(oout, i, j);
+      break;
+    case kRepair:
+      std::swap(oout[i], oout[j]);
+      break;
+    default:
+      break;
+  }
+}
+
+void generate_candidates(const int64_t* oin, const int64_t* oout, int64_t N, const std::vector<int>& kinds,
+                         Candidates& out) {
+  out.moves.clear();
+  out.starts.clear();
+  for (int kind : kinds)
+    for_each_move(kind, N, [&](int k, int64_t i, int64_t j, int64_t s) {
+      out.moves.insert(out.moves.end(), {static_cast<int64_t>(k), i, j});
+      out.starts.push_back(s);
+    });
+  out.K = static_cast<int64_t>(out.starts.size());
+  int64_t min_start = N;
+  for (int64_t s : out.starts) min_start = std::min(min_start, s);
+  out.L = out.K > 0 ? N - min_start : 0;
+  out.seq_in.assign(static_cast<std::size_t>(out.K * out.L), -1);
+  out.seq_out.assign(static_cast<std::size_t>(out.K * out.L), -1);
+  std::vector<int64_t> tin(oin, oin + N), tout(oout, oout + N);
+  for (int64_t c = 0; c < out.K; ++c) {
+    const int64_t* m = &out.moves[3 * c];
+    std::copy(oin, oin + N, tin.begin());
+    std::copy(oout, oout + N, tout.begin());
+    apply_move(tin.data(), tout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
+    const int64_t s = out.starts[c];
+    std::copy(tin.begin() + s, tin.end(), out.seq_in.begin() + c * out.L);
+    std::copy(tout.begin() + s, tout.end(), out.seq_out.begin() + c * out.L);
+  }
+}
+
+uint64_t ordering_hash(const int64_t* oin, const int64_t* oout, int64_t N) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  auto eat = [&h](int64_t v) {
+    const uint64_t u = static_cast<uint64_t>(v);
+    for (int b = 0; b < 8; ++b) {
+      h ^= (u >> (8 * b)) & 0xffULL;
+      h *= 0x100000001b3ULL;
+    }
+  };
+  for (int64_t t = 0; t < N; ++t) {
+    eat(oin[t]);
+    eat(oout[t]);
+  }
+  return h;
+}
+
+uint64_t splitmix64_next(uint64_t& state) {
+  state += 0x9E3779B97F4A7C15ULL;
+  uint64_t z = state;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const Head& head,
+                          const int64_t* order_in, const int64_t* order_out, int64_t N, const SearchParams& P) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const int64_t d = net.d;
+  SearchResult res;
+  std::vector<int64_t> oin(order_in, order_in + N), oout(order_out, order_out + N);
+
+  // prefix[p] = rows after the first p blocks of the current order; only the changed tail is recomputed.
+  std::vector<float> prefix(static_cast<std::size_t>((N + 1) * R * d));
+  std::copy(X, X + R * d, prefix.begin());
+  forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, 0, P.n_threads);
+  auto current_loss = [&]() { return head_loss(prefix.data() + N * R * d, R, d, head); };
+  double cur = current_loss();
+
+  std::unordered_set<uint64_t> visited{ordering_hash(oin.data(), oout.data(), N)};
+  res.order_in = oin, res.order_out = oout, res.loss = cur;
+  auto note_best = [&]() {
+    if (cur < res.loss) res.order_in = oin, res.order_out = oout, res.loss = cur;
+  };
+
+  uint64_t rng = P.seed;
+  int64_t kicks_left = P.kicks;
+  std::size_t level = 0;
+  Candidates cand;
+  std::vector<double> losses;
+  const std::size_t nlevels = P.schedule.size();
+
+  while (true) {
+    if (cur <= P.stop_loss) { res.stopped_reason = "stop_loss"; break; }
+    if (res.rounds >= P.max_rounds) { res.stopped_reason = "max_rounds"; break; }
+    if (P.time_limit_s > 0 &&
+        std::chrono::duration<double>(clock::now() - t0).count() >= P.time_limit_s) {
+      res.stopped_reason = "time_limit";
+      break;
+    }
+    bool improved = false;
+    if (level < nlevels) {
+      generate_candidates(oin.data(), oout.data(), N, P.schedule[level], cand);
+      losses.assign(static_cast<std::size_t>(cand.K), 0.0);
+      res.block_rows += score_candidates(net, prefix.data(), R, cand.starts.data(), cand.seq_in.data(),
+                                         cand.seq_out.data(), cand.K, cand.L, head, losses.data(), P.n_threads);
+      res.candidates_scored += cand.K;
+      const int64_t round = res.rounds++;
+      int64_t best = -1;
+      for (int64_t c = 0; c < cand.K; ++c)  // strict <: ties go to the lowest candidate index
+        if (best < 0 || losses[c] < losses[best]) best = c;
+      if (best >= 0 && losses[best] < cur * (1.0 - 1e-9) - 1e-30) {
+        const int64_t* m = &cand.moves[3 * best];
+        apply_move(oin.data(), oout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
+        forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, cand.starts[best], P.n_threads);
+        cur = losses[best];
+        res.history.push_back({static_cast<double>(round), static_cast<double>(m[0]), static_cast<double>(m[1]),
+                               static_cast<double>(m[2]), cur, static_cast<double>(cand.K)});
+        visited.insert(ordering_hash(oin.data(), oout.data(), N));
+        note_best();
+        level = 0;
+        improved = true;
+      }
+    }
+    if (improved) continue;
+    ++level;
+    if (level < nlevels) continue;
+    // Local optimum (cur > stop_loss here, checked at the loop head).
+    if (kicks_left <= 0 || N < 3) { res.stopped_reason = "local_optimum"; break; }
+    int64_t ki = -1, kj = -1;
+    std::vector<int64_t> tin(N), tout(N);
+    for (int attempt = 0; attempt < 1000000; ++attempt) {
+      const int64_t i = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
+      const int64_t j = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
+      if (i - j < 2 && j - i < 2) continue;
+      std::copy(oin.begin(), oin.end(), tin.begin());
+      std::copy(oout.begin(), oout.end(), tout.begin());
+      apply_move(tin.data(), tout.data(), N, kKick, i, j);
+      if (visited.count(ordering_hash(tin.data(), tout.data(), N))) continue;
+      ki = i, kj = j;
+      break;
+    }
+    if (ki < 0) { res.stopped_reason = "local_optimum"; break; }  // every drawn kick lands on a visited order
+    --kicks_left;
+    apply_move(oin.data(), oout.data(), N, kKick, ki, kj);
+    forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, std::min(ki, kj), P.n_threads);
+    cur = current_loss();
+    res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(kKick), static_cast<double>(ki),
+                           static_cast<double>(kj), cur, 0.0});
+    visited.insert(ordering_hash(oin.data(), oout.data(), N));
+    note_best();
+    level = 0;
+  }
+  return res;
+}
+
+}  // namespace unshuffle

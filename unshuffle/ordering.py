@@ -149,6 +149,7 @@ def order(
     """Find the execution order of the paired blocks. ``search_rows`` rows (drawn with ``seed``) score the
     search; ``repair`` lets the search re-pair blocks (needed when the weight-only pairing is wrong)."""
     timings: Dict[str, float] = {}
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     if pairing is None:
         pairing = pair(puzzle)
     scorer = get_scorer(backend)
@@ -168,7 +169,7 @@ def order(
     cands = seeds(X, puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, out_of)
     seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
     timings["seeds"] = time.perf_counter() - t
-    if bt:
+    if bt and (deadline is None or time.perf_counter() < deadline):
         t = time.perf_counter()
         best_seed = min(seed_mse, key=seed_mse.get)
         o = cands[best_seed]
@@ -184,7 +185,8 @@ def order(
     stop = nvals * search_threshold(target) ** 2
     res = local_search(
         scorer, X, target, *weights, o_in, o_out, schedule=schedule, stop_loss=stop,
-        max_rounds=max_rounds, kicks=kicks, seed=seed, time_limit=time_limit,
+        max_rounds=max_rounds, kicks=kicks, seed=seed,
+        time_limit=None if deadline is None else max(0.0, deadline - time.perf_counter()),
         progress=progress,
     )
     timings["search"] = time.perf_counter() - t

@@ -320,7 +320,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0,
         "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
         "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
-        "rows [round, kind, i, j, loss, n_candidates] (kicks: kind 4, n_candidates 0, round = rounds done),\n"
+        "rows [round, kind, i, j, loss, n_candidates] (round: 1-based round that found the move; kicks: kind 4,\n"
+        "n_candidates 0, round = rounds done so far),\n"
         "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"
-        "{stop_loss, max_rounds, time_limit, local_optimum}).");
+        "{exact (loss <= stop_loss), max_rounds, time_limit, local_optimum}).");
 }

@@ -137,11 +137,15 @@ __attribute__((noinline)) double tile_loss(const float* x, int64_t ldx, int64_t 
   return s;
 }
 
-int resolve_threads(int n_threads) {
+// Threads for a call of `flops` work: small calls stay on one thread, since waking a team costs tens of
+// microseconds (far more when the machine is busy) and results do not depend on the thread count anyway.
+int resolve_threads(int n_threads, double flops) {
 #ifdef _OPENMP
-  return n_threads > 0 ? n_threads : omp_get_max_threads();
+  const int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+  const double per_thread = 4e6;  // ~30-50 us of kernel time
+  return static_cast<int>(std::max(1.0, std::min<double>(nt, flops / per_thread)));
 #else
-  (void)n_threads;
+  (void)n_threads, (void)flops;
   return 1;
 #endif
 }
@@ -238,7 +242,7 @@ int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, c
     while (t < L && seq_in[c * L + t] >= 0) ++t;
     total_len += t;
   }
-  const int nt = resolve_threads(n_threads);
+  const int nt = resolve_threads(n_threads, 4.0 * static_cast<double>(total_len) * R * net.d * net.h);
 #pragma omp parallel num_threads(nt) if (nt > 1 && items > 1)
   {
     FloatBuf xb(static_cast<std::size_t>(T * Dp)), hb(static_cast<std::size_t>(T * Hp));
@@ -270,7 +274,7 @@ void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t*
   const int T = resolve_tile(tile_rows);
   const int64_t d = net.d, Dp = net.Dp, Hp = net.Hp;
   const int64_t ntiles = (R + T - 1) / T;
-  const int nt = resolve_threads(n_threads);
+  const int nt = resolve_threads(n_threads, 4.0 * static_cast<double>(N - p0) * R * net.d * net.h);
 #pragma omp parallel num_threads(nt) if (nt > 1 && ntiles > 1)
   {
     FloatBuf xb(static_cast<std::size_t>(T * Dp)), hb(static_cast<std::size_t>(T * Hp));

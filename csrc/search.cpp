@@ -145,66 +145,64 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
   std::vector<double> losses;
   const std::size_t nlevels = P.schedule.size();
 
+  // Loop structure (and history round numbers) as in the Python reference loop, unshuffle/search.py.
+  std::vector<int64_t> tin(N), tout(N);
   while (true) {
-    if (cur <= P.stop_loss) { res.stopped_reason = "stop_loss"; break; }
+    if (cur <= P.stop_loss) { res.stopped_reason = "exact"; break; }
     if (res.rounds >= P.max_rounds) { res.stopped_reason = "max_rounds"; break; }
-    if (P.time_limit_s > 0 &&
-        std::chrono::duration<double>(clock::now() - t0).count() >= P.time_limit_s) {
+    if (P.time_limit_s > 0 && std::chrono::duration<double>(clock::now() - t0).count() > P.time_limit_s) {
       res.stopped_reason = "time_limit";
       break;
     }
-    bool improved = false;
-    if (level < nlevels) {
-      generate_candidates(oin.data(), oout.data(), N, P.schedule[level], cand);
-      losses.assign(static_cast<std::size_t>(cand.K), 0.0);
-      res.block_rows += score_candidates(net, prefix.data(), R, cand.starts.data(), cand.seq_in.data(),
-                                         cand.seq_out.data(), cand.K, cand.L, head, losses.data(), P.n_threads);
-      res.candidates_scored += cand.K;
-      const int64_t round = res.rounds++;
-      int64_t best = -1;
-      for (int64_t c = 0; c < cand.K; ++c)  // strict <: ties go to the lowest candidate index
-        if (best < 0 || losses[c] < losses[best]) best = c;
-      if (best >= 0 && losses[best] < cur * (1.0 - 1e-9) - 1e-30) {
-        const int64_t* m = &cand.moves[3 * best];
-        apply_move(oin.data(), oout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
-        forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, cand.starts[best], P.n_threads);
-        cur = losses[best];
-        res.history.push_back({static_cast<double>(round), static_cast<double>(m[0]), static_cast<double>(m[1]),
-                               static_cast<double>(m[2]), cur, static_cast<double>(cand.K)});
-        visited.insert(ordering_hash(oin.data(), oout.data(), N));
-        note_best();
-        level = 0;
-        improved = true;
+    if (level >= nlevels) {  // local optimum of the whole schedule: kick or stop
+      if (kicks_left <= 0 || N < 3) { res.stopped_reason = "local_optimum"; break; }
+      --kicks_left;
+      int64_t ki = -1, kj = -1;
+      for (int64_t attempt = 0; attempt < (int64_t{1} << 24); ++attempt) {
+        const int64_t i = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
+        const int64_t j = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
+        if (i - j < 2 && j - i < 2) continue;
+        std::copy(oin.begin(), oin.end(), tin.begin());
+        std::copy(oout.begin(), oout.end(), tout.begin());
+        apply_move(tin.data(), tout.data(), N, kKick, i, j);
+        if (visited.count(ordering_hash(tin.data(), tout.data(), N))) continue;
+        ki = i, kj = j;
+        break;
       }
+      if (ki < 0) { res.stopped_reason = "local_optimum"; break; }  // (practically) every kick was visited
+      oin.swap(tin), oout.swap(tout);
+      visited.insert(ordering_hash(oin.data(), oout.data(), N));
+      forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, std::min(ki, kj), P.n_threads);
+      cur = current_loss();
+      res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(kKick), static_cast<double>(ki),
+                             static_cast<double>(kj), cur, 0.0});
+      note_best();
+      level = 0;
+      continue;
     }
-    if (improved) continue;
-    ++level;
-    if (level < nlevels) continue;
-    // Local optimum (cur > stop_loss here, checked at the loop head).
-    if (kicks_left <= 0 || N < 3) { res.stopped_reason = "local_optimum"; break; }
-    int64_t ki = -1, kj = -1;
-    std::vector<int64_t> tin(N), tout(N);
-    for (int attempt = 0; attempt < 1000000; ++attempt) {
-      const int64_t i = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
-      const int64_t j = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
-      if (i - j < 2 && j - i < 2) continue;
-      std::copy(oin.begin(), oin.end(), tin.begin());
-      std::copy(oout.begin(), oout.end(), tout.begin());
-      apply_move(tin.data(), tout.data(), N, kKick, i, j);
-      if (visited.count(ordering_hash(tin.data(), tout.data(), N))) continue;
-      ki = i, kj = j;
-      break;
+    generate_candidates(oin.data(), oout.data(), N, P.schedule[level], cand);
+    ++res.rounds;
+    if (cand.K == 0) { ++level; continue; }
+    losses.assign(static_cast<std::size_t>(cand.K), 0.0);
+    res.block_rows += score_candidates(net, prefix.data(), R, cand.starts.data(), cand.seq_in.data(),
+                                       cand.seq_out.data(), cand.K, cand.L, head, losses.data(), P.n_threads);
+    res.candidates_scored += cand.K;
+    int64_t best = 0;
+    for (int64_t c = 1; c < cand.K; ++c)  // strict <: ties go to the lowest candidate index
+      if (losses[c] < losses[best]) best = c;
+    if (losses[best] < cur * (1.0 - 1e-9) - 1e-30) {
+      const int64_t* m = &cand.moves[3 * best];
+      apply_move(oin.data(), oout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
+      visited.insert(ordering_hash(oin.data(), oout.data(), N));
+      forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, cand.starts[best], P.n_threads);
+      cur = losses[best];
+      res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(m[0]), static_cast<double>(m[1]),
+                             static_cast<double>(m[2]), cur, static_cast<double>(cand.K)});
+      note_best();
+      level = 0;
+    } else {
+      ++level;
     }
-    if (ki < 0) { res.stopped_reason = "local_optimum"; break; }  // every drawn kick lands on a visited order
-    --kicks_left;
-    apply_move(oin.data(), oout.data(), N, kKick, ki, kj);
-    forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, std::min(ki, kj), P.n_threads);
-    cur = current_loss();
-    res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(kKick), static_cast<double>(ki),
-                           static_cast<double>(kj), cur, 0.0});
-    visited.insert(ordering_hash(oin.data(), oout.data(), N));
-    note_best();
-    level = 0;
   }
   return res;
 }

@@ -47,7 +47,7 @@ struct SearchResult {
   double loss = 0.0;                         // its loss
   std::vector<std::array<double, 6>> history;  // [round, kind, i, j, loss, n_candidates]
   int64_t rounds = 0, candidates_scored = 0, block_rows = 0;
-  std::string stopped_reason;  // stop_loss | max_rounds | time_limit | local_optimum
+  std::string stopped_reason;  // exact (loss <= stop_loss) | max_rounds | time_limit | local_optimum
 };
 
 // X (R, d) search rows; head.target (R, k). order_* (N,) with indices valid for net.

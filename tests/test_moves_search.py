@@ -147,3 +147,16 @@ def test_kicks_are_seeded_and_deterministic(random_net):
     assert a.history == b.history
     assert kicks(a) != kicks(c)
     assert a.loss <= min(h[4] for h in a.history)  # best-so-far is returned
+
+
+def test_multi_accept_fixes_disjoint_swaps_in_one_round(random_net):
+    pz, pi, po = random_net(n=10, d=6, h=10, rows=64, seed=13)
+    oi, oo = pi, po
+    for i in (0, 4, 7):  # three disjoint adjacent errors
+        oi, oo = mv.apply_move(oi, oo, mv.ADJACENT, i, i + 1)
+    w = (pz.W_in, pz.b_in, pz.W_out, pz.b_out, pz.W_last, pz.b_last)
+    one = local_search(get_scorer("torch"), pz.X, pz.pred, *w, oi, oo, stop_loss=1e-10, multi=False)
+    many = local_search(get_scorer("torch"), pz.X, pz.pred, *w, oi, oo, stop_loss=1e-10, multi=True)
+    assert (one.order_in, many.order_in) == (pi, pi) and one.order_out == many.order_out == po
+    assert many.rounds < one.rounds
+    assert sorted(h[2] for h in many.history) == [0, 4, 7]

@@ -144,6 +144,7 @@ def order(
     kicks: int = 8,
     max_rounds: int = 10_000,
     time_limit: Optional[float] = None,
+    multi: bool = True,
     progress=None,
 ) -> OrderResult:
     """Find the execution order of the paired blocks. ``search_rows`` rows (drawn with ``seed``) score the
@@ -187,7 +188,7 @@ def order(
         scorer, X, target, *weights, o_in, o_out, schedule=schedule, stop_loss=stop,
         max_rounds=max_rounds, kicks=kicks, seed=seed,
         time_limit=None if deadline is None else max(0.0, deadline - time.perf_counter()),
-        progress=progress,
+        progress=progress, multi=multi,
     )
     timings["search"] = time.perf_counter() - t
     return OrderResult(

@@ -48,6 +48,7 @@ def local_search(
     seed: int = 0,
     time_limit: Optional[float] = None,
     progress: Optional[Callable[[int, str, float], None]] = None,
+    multi: bool = False,
 ) -> SearchOutcome:
     """Best-improvement local search over the schedule's move sets; see docs/SEARCH.md."""
     t0 = time.perf_counter()
@@ -104,11 +105,25 @@ def local_search(
             bl = float(losses[best])
             if improves(bl, cur):
                 k, i, j = (int(v) for v in moves[best])
-                oi, oo = mv.apply_move(oi, oo, k, i, j)
+                applied = [(k, i, j)]
+                ni, no = mv.apply_move(oi, oo, k, i, j)
+                if multi and tuple(schedule[level]) == (mv.ADJACENT,):
+                    combo = _combine_adjacent(moves, losses, cur)
+                    if len(combo) > 1:
+                        ci, co = oi, oo
+                        for (_, a, b) in combo:
+                            ci, co = mv.apply_move(ci, co, mv.ADJACENT, a, b)
+                        cp = scorer.forward_prefixes(X, ci, co, W_in, b_in, W_out, b_out)
+                        cl = float(((cp[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+                        out.block_rows += n * R
+                        if improves(cl, bl):
+                            applied, ni, no, bl = combo, ci, co, cl
+                oi, oo = ni, no
                 visited.add(mv.ordering_hash(oi, oo))
                 prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
                 cur = bl
-                out.history.append((out.rounds, k, i, j, cur, len(starts)))
+                for (k, i, j) in applied:
+                    out.history.append((out.rounds, k, i, j, cur, len(starts)))
                 if cur < out.loss:
                     out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
                 level = 0
@@ -121,3 +136,17 @@ def local_search(
     if cur < out.loss:
         out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
     return out
+
+
+def _combine_adjacent(moves, losses, cur: float):
+    """Improving adjacent swaps that touch disjoint positions, best first (for ``multi``); they act on
+    different parts of the order, so applying them together usually improves on the best one alone."""
+    cand = sorted((float(l), int(c)) for c, l in enumerate(losses.tolist()) if improves(float(l), cur))
+    taken, used = [], set()
+    for _, c in cand:
+        k, i, j = (int(v) for v in moves[c])
+        if i in used or j in used:
+            continue
+        used.update((i, j))
+        taken.append((k, i, j))
+    return taken

@@ -43,6 +43,7 @@ class OrderResult:
     search_rows: int
     repaired: bool
     timings: Dict[str, float] = field(default_factory=dict)
+    seed_orders: Dict[str, List[int]] = field(default_factory=dict)
 
     @property
     def moves_used(self) -> Dict[str, int]:
@@ -206,4 +207,5 @@ def order(
         search_rows=int(X.shape[0]),
         repaired=[out_of[a] for a in res.order_in] != list(res.order_out),
         timings=timings,
+        seed_orders={k: list(v) for k, v in cands.items()},
     )

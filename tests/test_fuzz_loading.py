@@ -1,0 +1,320 @@
+"""Fuzzing the loader: whatever the bytes, only PuzzleError may come out - never another exception, a
+crash or a hang.
+
+Inputs: random bytes under each piece suffix; valid .pth/.safetensors/.npz bytes truncated, bit-flipped
+and spliced; random pickles (nested Python objects, protocols 0-5) both bare and inside a valid torch zip;
+torch.save of random nested objects with tensors; random network files; random and mutated CSV text.
+
+Bounds: ~1,300 cases by default, well under 60 s on 2 cores (set UNSHUFFLE_FUZZ_SCALE=10 for a longer run).
+Per-example deadline (hypothesis) catches slow cases; a faulthandler watchdog kills the run with a
+traceback if a case hangs inside C code, where no Python-level timeout can reach. The number of cases
+run is printed in pytest's terminal summary ("fuzz loading: N cases ...").
+"""
+from __future__ import annotations
+
+import faulthandler
+import io
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unshuffle import PuzzleError, load_puzzle
+from unshuffle.puzzle import _load_network_file, _load_piece, _read_csv
+
+SCALE = float(os.environ.get("UNSHUFFLE_FUZZ_SCALE", "1"))
+HANG_SECONDS = 120  # a single test running this long is a hang: dump tracebacks and exit
+CASES: Counter = Counter()
+STATS = {"seconds": 0.0}
+
+
+def fuzz_settings(n: int):
+    return settings(
+        max_examples=max(1, int(n * SCALE)),
+        deadline=timedelta(seconds=3),
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
+class _FuzzSummary:
+    """Registered as a plugin from this module, so the count shows without -s and without a conftest hook."""
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if not CASES:
+            return
+        total = sum(CASES.values())
+        terminalreporter.write_sep("-", "fuzz loading")
+        terminalreporter.write_line(
+            f"fuzz loading: {total} cases in {STATS['seconds']:.1f} s ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items())) + ")"
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request):
+    pm = request.config.pluginmanager
+    if not pm.has_plugin("unshuffle-fuzz-loading-summary"):
+        pm.register(_FuzzSummary(), "unshuffle-fuzz-loading-summary")
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        STATS["seconds"] += time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def work():
+    with tempfile.TemporaryDirectory(prefix="unshuffle-fuzz-") as d:
+        yield Path(d)
+
+
+def only_puzzle_error(fn, kind: str):
+    """Run fn; a PuzzleError or success is fine, anything else fails the test (hypothesis shrinks it)."""
+    CASES[kind] += 1
+    try:
+        fn()
+    except PuzzleError as e:
+        assert str(e)  # every message says something
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------- seed files
+
+
+def _pth_bytes(w=None, b=None) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"weight": torch.randn(6, 4) if w is None else w, "bias": torch.randn(6) if b is None else b}, buf)
+    return buf.getvalue()
+
+
+def _safetensors_bytes() -> bytes:
+    from safetensors.torch import save
+
+    return save({"weight": torch.randn(6, 4), "bias": torch.randn(6)})
+
+
+def _npz_bytes(compressed=False) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, weight=np.ones((6, 4), np.float32), bias=np.ones(6, np.float32))
+    return buf.getvalue()
+
+
+SEEDS = {
+    "pth": _pth_bytes(),
+    "safetensors": _safetensors_bytes(),
+    "npz": _npz_bytes(),
+    "npz_compressed": _npz_bytes(True),
+}
+SUFFIX = {"pth": "pth", "safetensors": "safetensors", "npz": "npz", "npz_compressed": "npz"}
+
+
+def _torch_zip_with_pickle(pkl: bytes) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(SEEDS["pth"]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, pkl if info.filename.endswith("/data.pkl") else src.read(info))
+    return out.getvalue()
+
+
+def _write(work: Path, name: str, data: bytes) -> Path:
+    f = work / name
+    f.write_bytes(data)
+    return f
+
+
+# ------------------------------------------------------------------------------------- strategies
+
+mutation = st.one_of(
+    st.tuples(st.just("truncate"), st.floats(0, 1)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=8)),
+    st.tuples(st.just("splice"), st.floats(0, 1), st.binary(max_size=64)),
+    st.tuples(st.just("cut"), st.floats(0, 1), st.floats(0, 0.2)),
+)
+
+
+def mutate(data: bytes, m) -> bytes:
+    n = len(data)
+    kind = m[0]
+    if kind == "truncate":
+        return data[: int(m[1] * n)]
+    if kind == "flip":
+        b = bytearray(data)
+        for pos, x in m[1]:
+            i = min(int(pos * n), n - 1)
+            b[i] ^= x
+        return bytes(b)
+    if kind == "splice":
+        i = int(m[1] * n)
+        return data[:i] + m[2] + data[i:]
+    i = int(m[1] * n)
+    return data[:i] + data[i + int(m[2] * n) + 1 :]
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=12),
+    st.binary(max_size=12), st.sampled_from(["weight", "bias", "piece_0.weight", "piece_0.bias"]),
+    st.complex_numbers(allow_nan=True), st.datetimes(),
+    # objects whose pickles reference globals: all must be refused by the scan or by torch
+    st.sampled_from([Path("x"), np.float32(1.5), np.arange(3), Counter(a=1), bytearray(b"ab"), range(3),
+                     slice(1, 2), torch.zeros(2), torch.nn.Parameter(torch.ones(1)), ValueError("x")]),
+)
+py_objects = st.recursive(
+    scalars,
+    lambda ch: st.one_of(
+        st.lists(ch, max_size=4),
+        st.tuples(ch, ch),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["weight", "bias"]), st.integers()), ch, max_size=4),
+        st.frozensets(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def tensors(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool]))
+    shape = draw(st.lists(st.integers(0, 5), max_size=3))
+    t = torch.zeros(shape, dtype=dtype)
+    if t.numel() and dtype.is_floating_point:
+        t = torch.randn(shape).to(dtype)
+        if draw(st.booleans()):
+            t.view(-1)[0] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf"), 1.0]))
+    return t
+
+
+torch_objects = st.recursive(
+    st.one_of(scalars, tensors()),
+    lambda ch: st.one_of(
+        st.lists(ch, max_size=3),
+        st.dictionaries(st.one_of(st.sampled_from(["weight", "bias", "extra"]), st.text(max_size=6)), ch, max_size=3),
+    ),
+    max_leaves=6,
+)
+
+
+# ------------------------------------------------------------------------------------- piece fuzzers
+
+
+@fuzz_settings(250)
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from(["pth", "pt", "safetensors", "npz"]),
+       prefix=st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x05", b"\x08\x00\x00\x00\x00\x00\x00\x00{"]))
+def test_random_bytes(work, data, suffix, prefix):
+    f = _write(work, f"piece_0.{suffix}", prefix + data)
+    assert not only_puzzle_error(lambda: _load_piece(f), "random bytes")
+
+
+@fuzz_settings(350)
+@given(seed=st.sampled_from(sorted(SEEDS)), m=mutation)
+def test_mutated_valid_files(work, seed, m):
+    f = _write(work, f"piece_0.{SUFFIX[seed]}", mutate(SEEDS[seed], m))
+    only_puzzle_error(lambda: _load_piece(f), "mutated valid files")
+
+
+@fuzz_settings(250)
+@given(obj=py_objects, protocol=st.integers(0, 5), wrap=st.booleans())
+def test_random_pickles(work, obj, protocol, wrap):
+    pkl = pickle.dumps(obj, protocol=protocol)
+    f = _write(work, "piece_0.pth", _torch_zip_with_pickle(pkl) if wrap else pkl)
+    # a random object is never {weight: tensor, bias: tensor}, so this must be refused
+    assert not only_puzzle_error(lambda: _load_piece(f), "random pickles")
+
+
+@fuzz_settings(150)
+@given(obj=torch_objects)
+def test_torch_save_random_objects(work, obj):
+    f = work / "piece_0.pth"
+    torch.save(obj, f)
+    ok = only_puzzle_error(lambda: _load_piece(f), "torch.save random objects")
+    if ok:  # only a dict of exactly two finite float tensors forming a layer may load
+        assert isinstance(obj, dict) and set(obj) == {"weight", "bias"}
+
+
+@fuzz_settings(100)
+@given(entries=st.dictionaries(
+    st.one_of(st.from_regex(r"piece_0{0,2}[0-6]\.(weight|bias)", fullmatch=True), st.text(max_size=6)),
+    tensors(), max_size=8),
+    fmt=st.sampled_from(["pth", "safetensors", "npz"]))
+def test_random_network_files(work, entries, fmt):
+    f = work / f"pieces.{fmt}"
+    try:
+        if fmt == "pth":
+            torch.save(entries, f)
+        elif fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in entries.items()}, str(f))
+        else:
+            np.savez(f, **{k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in entries.items()})
+    except Exception:  # the writer itself rejects some inputs (e.g. odd key names); nothing to load then
+        return
+    only_puzzle_error(lambda: _load_network_file(f), "random network files")
+
+
+# ------------------------------------------------------------------------------------- CSV fuzzers
+
+CSV_TOKENS = ["measurement_0", "measurement_1", "measurement_01", "measurement_3", "pred", "pred_0", "pred_1",
+              "true", "x", "", "1", "-2.5", "1e39", "1e400", "nan", "inf", "-inf", "abc", "True", '"', '"1,2"',
+              "0x10", "1_0", " 3 ", "\t", "#"]
+
+
+@st.composite
+def csv_texts(draw):
+    if draw(st.booleans()):
+        return draw(st.text(st.sampled_from(list("0123456789.,-+eE\n\r\"' abcnafipr_tmsu\t;#\x00é")), max_size=400))
+    width = draw(st.integers(1, 5))
+    rows = draw(st.lists(st.lists(st.sampled_from(CSV_TOKENS), min_size=max(0, width - 1), max_size=width + 1),
+                         max_size=6))
+    header = draw(st.lists(st.sampled_from(CSV_TOKENS[:8]), min_size=width, max_size=width))
+    eol = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    return eol.join([",".join(header)] + [",".join(r) for r in rows]) + draw(st.sampled_from(["", eol, eol * 2]))
+
+
+@fuzz_settings(250)
+@given(text=csv_texts(), encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+def test_random_csv(work, text, encoding):
+    f = work / "data.csv"
+    f.write_bytes(text.encode(encoding, errors="replace"))
+    only_puzzle_error(lambda: _read_csv(f), "random CSV")
+
+
+@pytest.fixture(scope="module")
+def small_puzzle(work):
+    """Valid pieces for d=2, k=1 (N=2, h=3), so fuzzed CSVs also reach the shape/width checks."""
+    root = work / "puzzle"
+    (root / "pieces").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 2), (2, 3), (3, 2), (2, 3), (1, 2)]
+    for i, (r, c) in enumerate(shapes):
+        torch.save({"weight": torch.randn(r, c, generator=g), "bias": torch.randn(r, generator=g)},
+                   root / "pieces" / f"piece_{i}.pth")
+    return root
+
+
+@fuzz_settings(100)
+@given(text=csv_texts())
+def test_random_csv_through_load_puzzle(small_puzzle, text):
+    (small_puzzle / "historical_data.csv").write_text(text, errors="replace")
+    ok = only_puzzle_error(lambda: load_puzzle(small_puzzle), "random CSV via load_puzzle")
+    if ok:
+        p = load_puzzle(small_puzzle)
+        assert p.d == 2 and p.k == 1 and p.n_rows >= 1 and bool(torch.isfinite(p.X).all())

@@ -153,7 +153,8 @@ def train_network(layers: List[torch.nn.Linear], X: torch.Tensor, Y: torch.Tenso
                   seed: int) -> Dict[str, float]:
     """Train in place with (decoupled-weight-decay) Adam on MSE, minibatches from a seeded generator."""
     params = [p for l in layers for p in l.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # fused: ~2x faster steps on CPU than foreach for these many small tensors
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     R = X.shape[0]
     steps_per_epoch = max(1, math.ceil(R / cfg.batch))
     total = cfg.epochs * steps_per_epoch

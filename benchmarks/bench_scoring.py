@@ -199,7 +199,7 @@ def main(argv=None):
 
     rows = args.rows or (256 if args.quick else 1024)
     default = dict(N=48, d=48, h=96, k=1, R=rows, kinds=[0, 1])
-    res, fpbr, K = bench_shape(default, args.threads, gemm, repeats, ref_limit=8 if args.quick else 64)
+    res, fpbr, K = bench_shape(default, args.threads, gemm, repeats, ref_limit=8 if args.quick else 16)
     print_table(f"default: N=48 d=48 h=96 k=1 R={rows} K={K} (adjacent+swap)", res, gemm)
 
     variants = [dict(N=48, d=48, h=96, k=1, R=rows, kinds=[0])]

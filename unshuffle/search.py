@@ -90,6 +90,8 @@ def local_search(
                 prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
                 cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
                 out.history.append((out.rounds, mv.KICK, i, j, cur, 0))
+                if cur < out.loss:  # a kick can land lower; best-so-far follows it as the C++ core does
+                    out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
                 level = 0
                 continue
             starts, si, so, moves = mv.generate_candidates(oi, oo, schedule[level])

@@ -242,7 +242,7 @@ uint64_t ordering_hash_py(py::array order_in, py::array order_out) {
 py::dict local_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
                          py::array b_out, py::array W_last, py::array b_last, py::array order_in, py::array order_out,
                          py::object schedule, double stop_loss, int64_t max_rounds, int64_t kicks, uint64_t seed,
-                         py::object time_limit_s, int n_threads) {
+                         py::object time_limit_s, int n_threads, bool multi) {
   const std::string fn = "local_search";
   auto xs = check(X, fn, "X", true, 2, "(R, d)");
   const int64_t R = xs[0], d = xs[1];
@@ -263,6 +263,7 @@ py::dict local_search_py(py::array X, py::array target, py::array W_in, py::arra
   if (max_rounds < 0) fail(fn, "max_rounds must be >= 0, got " + std::to_string(max_rounds));
   if (kicks < 0) fail(fn, "kicks must be >= 0, got " + std::to_string(kicks));
   p.stop_loss = stop_loss, p.max_rounds = max_rounds, p.kicks = kicks, p.seed = seed, p.n_threads = n_threads;
+  p.multi = multi;
   if (!time_limit_s.is_none()) {
     const double t = py::cast<double>(time_limit_s);
     if (!(t > 0)) fail(fn, "time_limit_s must be > 0 or None (no limit), got " + std::to_string(t));
@@ -317,11 +318,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"), py::arg("order_in"),
         py::arg("order_out"), py::arg("schedule") = py::none(), py::arg("stop_loss") = 0.0,
         py::arg("max_rounds") = 1000000, py::arg("kicks") = 0, py::arg("seed") = 0,
-        py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0,
+        py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0, py::arg("multi") = false,
         "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
         "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
         "rows [round, kind, i, j, loss, n_candidates] (round: 1-based round that found the move; kicks: kind 4,\n"
         "n_candidates 0, round = rounds done so far),\n"
         "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"
-        "{exact (loss <= stop_loss), max_rounds, time_limit, local_optimum}).");
+        "{exact (loss <= stop_loss), max_rounds, time_limit, local_optimum, interrupted (request_stop)}).\n"
+        "multi=True: docs/SEARCH.md \"Multi-accept\" (disjoint improving adjacent swaps applied together; one\n"
+        "history row per applied move, all with the same round).");
+  m.def("request_stop", &request_stop,
+        "Asks every running local_search (in any thread) to stop at its next round check; it returns the best\n"
+        "so far with stopped_reason 'interrupted'. The flag stays set, so later searches stop at once, until\n"
+        "clear_stop().");
+  m.def("clear_stop", &clear_stop, "Clears the request_stop flag.");
+  m.def("stop_requested", &stop_requested, "Whether the request_stop flag is set.");
 }

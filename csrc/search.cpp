@@ -1,6 +1,7 @@
 #include "search.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <unordered_set>
@@ -8,6 +9,11 @@
 namespace unshuffle {
 
 namespace {
+
+std::atomic<bool> g_stop{false};
+
+// Strict improvement guarded against float noise (SEARCH.md "Rounds").
+inline bool improves(double next, double cur) { return next < cur * (1.0 - 1e-9) - 1e-30; }
 
 // Enumerates the moves of one kind in SEARCH.md order, calling f(kind, i, j, start).
 template <class F>
@@ -109,6 +115,10 @@ uint64_t ordering_hash(const int64_t* oin, const int64_t* oout, int64_t N) {
   return h;
 }
 
+void request_stop() { g_stop.store(true, std::memory_order_relaxed); }
+void clear_stop() { g_stop.store(false, std::memory_order_relaxed); }
+bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
+
 uint64_t splitmix64_next(uint64_t& state) {
   state += 0x9E3779B97F4A7C15ULL;
   uint64_t z = state;
@@ -147,6 +157,9 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
 
   // Loop structure (and history round numbers) as in the Python reference loop, unshuffle/search.py.
   std::vector<int64_t> tin(N), tout(N);
+  std::vector<int64_t> order, taken;  // multi-accept scratch
+  std::vector<char> used;
+  std::vector<float> cprefix;
   while (true) {
     if (cur <= P.stop_loss) { res.stopped_reason = "exact"; break; }
     if (res.rounds >= P.max_rounds) { res.stopped_reason = "max_rounds"; break; }
@@ -154,11 +167,14 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
       res.stopped_reason = "time_limit";
       break;
     }
+    if (stop_requested()) { res.stopped_reason = "interrupted"; break; }
     if (level >= nlevels) {  // local optimum of the whole schedule: kick or stop
       if (kicks_left <= 0 || N < 3) { res.stopped_reason = "local_optimum"; break; }
       --kicks_left;
       int64_t ki = -1, kj = -1;
+      bool stopped = false;
       for (int64_t attempt = 0; attempt < (int64_t{1} << 24); ++attempt) {
+        if (stop_requested()) { stopped = true; break; }
         const int64_t i = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
         const int64_t j = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
         if (i - j < 2 && j - i < 2) continue;
@@ -169,6 +185,7 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
         ki = i, kj = j;
         break;
       }
+      if (stopped) { res.stopped_reason = "interrupted"; break; }
       if (ki < 0) { res.stopped_reason = "local_optimum"; break; }  // (practically) every kick was visited
       oin.swap(tin), oout.swap(tout);
       visited.insert(ordering_hash(oin.data(), oout.data(), N));
@@ -190,14 +207,63 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
     int64_t best = 0;
     for (int64_t c = 1; c < cand.K; ++c)  // strict <: ties go to the lowest candidate index
       if (losses[c] < losses[best]) best = c;
-    if (losses[best] < cur * (1.0 - 1e-9) - 1e-30) {
+    if (improves(losses[best], cur)) {
       const int64_t* m = &cand.moves[3 * best];
-      apply_move(oin.data(), oout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
-      visited.insert(ordering_hash(oin.data(), oout.data(), N));
-      forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, cand.starts[best], P.n_threads);
-      cur = losses[best];
-      res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(m[0]), static_cast<double>(m[1]),
-                             static_cast<double>(m[2]), cur, static_cast<double>(cand.K)});
+      bool combined = false;
+      if (P.multi && P.schedule[level].size() == 1 && P.schedule[level][0] == kAdjacent) {
+        // Improving adjacent swaps on disjoint positions, best first (loss, then candidate index).
+        order.clear();
+        for (int64_t c = 0; c < cand.K; ++c)
+          if (improves(losses[c], cur)) order.push_back(c);
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+          return losses[a] < losses[b] || (losses[a] == losses[b] && a < b);
+        });
+        taken.clear();
+        used.assign(static_cast<std::size_t>(N), 0);
+        for (int64_t c : order) {
+          const int64_t i = cand.moves[3 * c + 1], j = cand.moves[3 * c + 2];
+          if (used[i] || used[j]) continue;
+          used[i] = used[j] = 1;
+          taken.push_back(c);
+        }
+        if (taken.size() > 1) {
+          std::copy(oin.begin(), oin.end(), tin.begin());
+          std::copy(oout.begin(), oout.end(), tout.begin());
+          int64_t p0 = N;
+          for (int64_t c : taken) {
+            const int64_t* mc = &cand.moves[3 * c];
+            apply_move(tin.data(), tout.data(), N, static_cast<int>(mc[0]), mc[1], mc[2]);
+            p0 = std::min(p0, cand.starts[c]);
+          }
+          // Rows before the first changed position are shared, so only the tail is recomputed (same bits as
+          // a full forward); block_rows counts the full forward, as in the Python loop.
+          cprefix.resize(prefix.size());
+          std::copy(prefix.begin(), prefix.begin() + (p0 + 1) * R * d, cprefix.begin());
+          forward_from(net, cprefix.data(), R, tin.data(), tout.data(), N, p0, P.n_threads);
+          const double cl = head_loss(cprefix.data() + N * R * d, R, d, head);
+          res.block_rows += N * R;
+          if (improves(cl, losses[best])) {
+            oin.swap(tin), oout.swap(tout), prefix.swap(cprefix);
+            visited.insert(ordering_hash(oin.data(), oout.data(), N));
+            cur = cl;
+            for (int64_t c : taken) {
+              const int64_t* mc = &cand.moves[3 * c];
+              res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(mc[0]),
+                                     static_cast<double>(mc[1]), static_cast<double>(mc[2]), cur,
+                                     static_cast<double>(cand.K)});
+            }
+            combined = true;
+          }
+        }
+      }
+      if (!combined) {
+        apply_move(oin.data(), oout.data(), N, static_cast<int>(m[0]), m[1], m[2]);
+        visited.insert(ordering_hash(oin.data(), oout.data(), N));
+        forward_from(net, prefix.data(), R, oin.data(), oout.data(), N, cand.starts[best], P.n_threads);
+        cur = losses[best];
+        res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(m[0]), static_cast<double>(m[1]),
+                               static_cast<double>(m[2]), cur, static_cast<double>(cand.K)});
+      }
       note_best();
       level = 0;
     } else {

@@ -40,6 +40,7 @@ struct SearchParams {
   uint64_t seed = 0;
   double time_limit_s = 0.0;  // <= 0: no limit
   int n_threads = 0;
+  bool multi = false;  // SEARCH.md "Multi-accept": disjoint improving adjacent swaps applied together
 };
 
 struct SearchResult {
@@ -47,8 +48,15 @@ struct SearchResult {
   double loss = 0.0;                         // its loss
   std::vector<std::array<double, 6>> history;  // [round, kind, i, j, loss, n_candidates]
   int64_t rounds = 0, candidates_scored = 0, block_rows = 0;
-  std::string stopped_reason;  // exact (loss <= stop_loss) | max_rounds | time_limit | local_optimum
+  std::string stopped_reason;  // exact (loss <= stop_loss) | max_rounds | time_limit | local_optimum | interrupted
 };
+
+// Process-wide cooperative cancel: local_search checks the flag once per round (and while redrawing a kick)
+// and stops with "interrupted", returning the best so far. The flag stays set until clear_stop(), so a
+// request made just before a search starts is not lost; every running search sees it.
+void request_stop();
+void clear_stop();
+bool stop_requested();
 
 // X (R, d) search rows; head.target (R, k). order_* (N,) with indices valid for net.
 SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const Head& head,

@@ -1,10 +1,14 @@
 """C++ search core (unshuffle._core): move generation, moves, hashing and the local-search loop of
 docs/SEARCH.md, checked against small pure-Python versions written here straight from the spec."""
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from unshuffle import reference
+from unshuffle import backends, reference
+from unshuffle import search as pysearch
 
 core = pytest.importorskip(
     "unshuffle._core", reason="C++ extension unshuffle._core not built (CI builds it with UNSHUFFLE_REQUIRE_EXT=1)"
@@ -139,7 +143,11 @@ def make_puzzle(seed, N=6, d=8, h=16, R=64, k=1):
     return w, true_in.astype(np.int64), true_out.astype(np.int64)
 
 
-def spec_search(w, oi, oo, schedule, stop_loss, max_rounds, kicks, seed):
+def improves(new, cur):
+    return new < cur * (1 - 1e-9) - 1e-30
+
+
+def spec_search(w, oi, oo, schedule, stop_loss, max_rounds, kicks, seed, multi=False):
     """docs/SEARCH.md's round loop in plain Python, on the C++ scorer (so losses are bit-identical)."""
     W = [w[k] for k in ("W_in", "b_in", "W_out", "b_out")]
     head = [w["W_last"], w["b_last"], w["target"]]
@@ -190,13 +198,30 @@ def spec_search(w, oi, oo, schedule, stop_loss, max_rounds, kicks, seed):
             continue
         losses = core.score_candidates(prefix, starts, si, so, *W, *head)
         b = int(np.argmin(losses))  # first minimum
-        if losses[b] < cur * (1 - 1e-9) - 1e-30:
-            k, i, j = (int(v) for v in moves[b])
-            oi, oo = spec_apply(oi, oo, k, i, j)
+        if improves(losses[b], cur):
+            applied = [tuple(int(v) for v in moves[b])]
+            if multi and list(schedule[level]) == [ADJACENT]:  # SEARCH.md "Multi-accept"
+                ok = sorted((float(losses[c]), c) for c in range(len(starts)) if improves(losses[c], cur))
+                taken, used = [], set()
+                for _, c in ok:
+                    k, i, j = (int(v) for v in moves[c])
+                    if not {i, j} & used:
+                        used |= {i, j}
+                        taken.append((k, i, j))
+                if len(taken) > 1:
+                    ci, co = oi, oo
+                    for k, i, j in taken:
+                        ci, co = spec_apply(ci, co, k, i, j)
+                    if improves(prefix_and_loss(ci, co)[1], losses[b]):
+                        applied = taken
+            for k, i, j in applied:
+                oi, oo = spec_apply(oi, oo, k, i, j)
             visited.add(spec_hash(oi, oo))
             prefix, cur = prefix_and_loss(oi, oo)
-            assert cur == losses[b]  # the rescored order is bit-identical to its candidate
-            hist.append((rounds, k, i, j, cur, len(starts)))
+            if len(applied) == 1:
+                assert cur == losses[b]  # the rescored order is bit-identical to its candidate
+            for k, i, j in applied:
+                hist.append((rounds, k, i, j, cur, len(starts)))
             if cur < best[2]:
                 best = (list(oi), list(oo), cur)
             level = 0
@@ -300,3 +325,149 @@ def test_local_search_validation():
         run(w, ti, to, time_limit_s=0.0)
     with pytest.raises(ValueError, match="kicks must be >= 0"):
         run(w, ti, to, kicks=-1)
+
+
+# ------------------------------------------------------------------------------------------- multi-accept
+def adjacent_errors(seed, N=8, positions=(0, 3, 6)):
+    """A puzzle and a start that is the known order with disjoint adjacent swaps applied (multi-accept's case)."""
+    w, ti, to = make_puzzle(seed, N=N)
+    oi, oo = list(ti), list(to)
+    for i in positions:
+        oi, oo = spec_apply(oi, oo, ADJACENT, i, i + 1)
+    return w, oi, oo
+
+
+def py_search(w, oi, oo, **kw):
+    """unshuffle.search.local_search (the Python loop) on the C++ scorer."""
+    T = torch.from_numpy
+    weights = [T(w[k]) for k in ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last")]
+    return pysearch.local_search(backends.get_scorer("cpp"), T(w["X"]), T(w["target"]), *weights, list(oi), list(oo),
+                                 **kw)
+
+
+# (puzzle seed, N, positions of disjoint adjacent errors from the known order or None for a random start, kicks).
+# The random starts also meet combinations that do not beat the best single move (rejected, counted below).
+MULTI_CASES = [(100, 10, (0, 2, 5, 8), 0), (102, 8, (0, 3, 6), 0), (101, 9, (1, 4, 7), 3),
+               (109, 10, (0, 2, 5, 8), 3), (108, 9, None, 2), (130, 9, None, 2), (110, 7, None, 2)]
+
+
+@pytest.mark.parametrize("seed,N,positions,kicks", MULTI_CASES)
+def test_multi_trajectory_matches_python(seed, N, positions, kicks, monkeypatch):
+    if positions is None:
+        w, _, _ = make_puzzle(seed, N=N)
+        rng = np.random.default_rng(seed)
+        oi, oo = list(rng.permutation(N)), list(rng.permutation(N))
+    else:
+        w, oi, oo = adjacent_errors(seed, N, positions)
+    schedule = [[ADJACENT], [SWAP, INSERT], [REPAIR]]
+    kw = dict(schedule=schedule, stop_loss=1e-8, max_rounds=200, kicks=kicks, seed=seed)
+    res = run(w, oi, oo, multi=True, **kw)
+    h = res["history"]
+    move_rounds = h[h[:, 1] != KICK, 0]
+    combined_rounds = [r for r in np.unique(move_rounds) if (move_rounds == r).sum() > 1]
+    assert combined_rounds  # some round really applied several moves
+    # the spec loop of this file (losses from the C++ scorer): bit-identical
+    (bi, bo, bl), hist, rounds, reason = spec_search(w, oi, oo, schedule, 1e-8, 200, kicks, seed, multi=True)
+    assert np.array_equal(h, hist)
+    assert res["rounds"] == rounds and res["stopped_reason"] == reason
+    assert list(res["order_in"]) == bi and list(res["order_out"]) == bo and res["loss"] == bl
+    # unshuffle.search.local_search on the C++ scorer: same moves, rounds, counts and candidate losses; its own
+    # start/kick/combined losses are a torch matmul, equal to the C++ head only to float32 rounding
+    tried = []
+    combine = pysearch._combine_adjacent
+    monkeypatch.setattr(pysearch, "_combine_adjacent", lambda *a: tried.append(combine(*a)) or tried[-1])
+    p = py_search(w, oi, oo, multi=True, **kw)
+    if positions is None:  # a combination was formed and lost to the best single move
+        assert sum(len(t) > 1 for t in tried) > len(combined_rounds)
+    ph = np.array(p.history, np.float64).reshape(-1, 6)
+    assert ph.shape == h.shape
+    assert np.array_equal(ph[:, [0, 1, 2, 3, 5]], h[:, [0, 1, 2, 3, 5]])
+    single = np.ones(len(h), bool)
+    for r in np.unique(h[:, 0]):
+        rows = (h[:, 0] == r) & (h[:, 1] != KICK)
+        if rows.sum() > 1:
+            single[rows] = False
+    single &= h[:, 1] != KICK
+    assert np.array_equal(ph[single, 4], h[single, 4])  # a single accepted move's loss is the scorer's
+    np.testing.assert_allclose(ph[:, 4], h[:, 4], rtol=1e-5, atol=1e-8)
+    assert (p.rounds, p.candidates_scored, p.block_rows, p.stopped) == (
+        res["rounds"], res["candidates_scored"], res["block_rows"], res["stopped_reason"])
+    assert p.order_in == list(res["order_in"]) and p.order_out == list(res["order_out"])
+    # and without multi each round applies one move
+    one = run(w, oi, oo, **kw)["history"]
+    one = one[one[:, 1] != KICK, 0]
+    assert len(np.unique(one)) == len(one)
+
+
+def test_multi_only_on_adjacent_level_and_block_rows():
+    w, oi, oo = adjacent_errors(101)
+    # adjacent is not alone in its level: plain best-improvement
+    a = run(w, oi, oo, schedule=[[ADJACENT, SWAP]], stop_loss=1e-8, multi=True)
+    b = run(w, oi, oo, schedule=[[ADJACENT, SWAP]], stop_loss=1e-8)
+    assert np.array_equal(a["history"], b["history"]) and a["block_rows"] == b["block_rows"]
+    # with multi: the combined forward adds N*R block rows per combination tried
+    s = run(w, oi, oo, schedule=[[ADJACENT]], stop_loss=1e-8)
+    m = run(w, oi, oo, schedule=[[ADJACENT]], stop_loss=1e-8, multi=True)
+    assert m["stopped_reason"] == s["stopped_reason"] == "exact"
+    assert m["rounds"] == 1 and len(m["history"]) == 3 and set(m["history"][:, 0]) == {1}
+    # one round: the adjacent candidates, then one combined forward of N*R block rows; without multi, one
+    # adjacent round per error and no extra forwards
+    adjacent_rows = sum(8 - i for i in range(7)) * 64
+    assert m["block_rows"] == adjacent_rows + 8 * 64
+    assert s["rounds"] == 3 and s["block_rows"] == 3 * adjacent_rows
+    assert m["loss"] == s["loss"] and list(m["order_in"]) == list(s["order_in"])
+
+
+# ------------------------------------------------------------------------------ kicks, best-so-far, cancel
+@pytest.mark.parametrize("seed", [7, 14, 22])
+def test_kick_that_lands_lower_is_best_so_far(seed):
+    # schedule [adjacent] with one kick: these seeds end with a kick that lands below every loss before it and
+    # no adjacent move improves from there, so only the kick itself can have put the result there
+    w, _, _ = make_puzzle(200 + seed, N=7)
+    rng = np.random.default_rng(seed)
+    oi, oo = rng.permutation(7), rng.permutation(7)
+    res = run(w, oi, oo, schedule=[[ADJACENT]], stop_loss=1e-8, kicks=1, seed=seed)
+    h = res["history"]
+    start = run(w, oi, oo, max_rounds=0)["loss"]
+    assert res["stopped_reason"] == "local_optimum" and h[-1, 1] == KICK
+    assert h[-1, 4] < min([start, *h[:-1, 4]])
+    ci, co = oi, oo
+    for _, k, i, j, _, _ in h:
+        ci, co = core.apply_move(np.asarray(ci, np.int64), np.asarray(co, np.int64), int(k), int(i), int(j))
+    assert res["loss"] == h[-1, 4]
+    assert np.array_equal(res["order_in"], ci) and np.array_equal(res["order_out"], co)
+    p = py_search(w, oi, oo, schedule=[[ADJACENT]], stop_loss=1e-8, kicks=1, seed=seed)
+    assert p.order_in == list(ci) and p.order_out == list(co)
+
+
+def test_request_stop_interrupts_a_running_search():
+    w, ti, to = make_puzzle(9, N=24, d=8, h=16, R=64)
+    rng = np.random.default_rng(9)
+    oi, oo = rng.permutation(24), rng.permutation(24)
+    start_loss = run(w, oi, oo, max_rounds=0)["loss"]
+    out = {}
+    kw = dict(schedule=[[SWAP, INSERT], [REPAIR]], stop_loss=-1.0, max_rounds=10**9, kicks=10**9, seed=3,
+              n_threads=1)
+    th = threading.Thread(target=lambda: out.update(run(w, oi, oo, **kw)), daemon=True)
+    core.clear_stop()
+    try:
+        th.start()
+        time.sleep(0.3)
+        assert th.is_alive()  # nowhere near done: the GIL is released, so this thread runs meanwhile
+        core.request_stop()
+        assert core.stop_requested()
+        th.join(timeout=60)
+        assert not th.is_alive()
+        res = out
+        assert res["stopped_reason"] == "interrupted"
+        assert res["rounds"] > 0 and len(res["history"]) > 0
+        assert res["loss"] == min(start_loss, res["history"][:, 4].min()) < start_loss  # best so far
+        # the flag stays set until cleared: a new search stops before its first round
+        r = run(w, oi, oo, **kw)
+        assert r["stopped_reason"] == "interrupted" and r["rounds"] == 0 and r["loss"] == start_loss
+        assert list(r["order_in"]) == list(oi)
+    finally:
+        core.clear_stop()
+    assert not core.stop_requested()
+    assert run(w, oi, oo, max_rounds=3, **{k: v for k, v in kw.items() if k != "max_rounds"})["stopped_reason"] \
+        == "max_rounds"

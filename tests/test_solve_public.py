@@ -96,7 +96,7 @@ def test_cli_expect_sha_mismatch_exits_1(public_dir):
 
 
 def test_cli_time_limit_returns_best_so_far(public_dir):
-    r = _cli("solve", str(public_dir), "--json", "--quiet", "--time-limit", "0", "--no-bt")
+    r = _cli("solve", str(public_dir), "--json", "--quiet", "--time-limit", "0")
     assert r.returncode == 1
     d = json.loads(r.stdout)
     assert d["exact"] is False and d["stopped"] == "time_limit"
@@ -105,6 +105,6 @@ def test_cli_time_limit_returns_best_so_far(public_dir):
 
 @pytest.mark.parametrize("backend", [b for b, (ok, _) in available_backends().items() if ok and b != "reference"])
 def test_public_exact_on_each_backend(public_puzzle, backend):
-    s = solve(public_puzzle, backend=backend, bt=False)
+    s = solve(public_puzzle, backend=backend)
     assert s.backend == backend
     assert s.sha256 == PUBLIC_SHA256 and s.exact

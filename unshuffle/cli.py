@@ -34,6 +34,10 @@ def _progress(enabled: bool):
     bar = tqdm(total=None, desc="search", unit="move", file=sys.stderr, leave=False)
 
     def update(round_no: int, move: str, loss: float):
+        if round_no < 0:  # the C++ loop reports only elapsed time while it runs
+            bar.set_postfix_str(f"C++ search running, {loss:.1f}s")
+            bar.refresh()
+            return
         bar.set_postfix_str(f"round {round_no} {move} sse {loss:.3e}")
         bar.update(1)
 
@@ -64,7 +68,8 @@ def _solve_and_print(args, puzzle) -> int:
     show = not args.quiet and sys.stderr.isatty()
     update, bar = _progress(show)
     try:
-        sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=args.time_limit, bt=not args.no_bt, progress=update)
+        sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=args.time_limit, bt=args.bt, progress=update,
+                    kicks=args.kicks, starts=args.starts, search_rows=args.search_rows)
     finally:
         if bar is not None:
             bar.close()
@@ -93,7 +98,10 @@ def _add_solve_options(p):
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "cpp", "triton"])
     p.add_argument("--expect-sha256", metavar="HEX", help="exit 1 unless the answer has this sha256")
     p.add_argument("--time-limit", type=float, metavar="S", help="stop searching after S seconds (best so far, exit 1 if not exact)")
-    p.add_argument("--no-bt", action="store_true", help="skip the Bradley-Terry ranking step")
+    p.add_argument("--bt", action="store_true", help="also run the paper's Bradley-Terry ranking step as a seed")
+    p.add_argument("--kicks", type=int, default=30, help="random restarts per start when stuck (default 30)")
+    p.add_argument("--starts", type=int, default=3, help="distinct seeds the search may start from (default 3)")
+    p.add_argument("--search-rows", type=int, default=256, help="rows scoring the search (default 256; the answer is verified on all)")
     p.add_argument("--report", metavar="DIR", help="write a Markdown report with plots to DIR (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
 

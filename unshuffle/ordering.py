@@ -17,7 +17,7 @@ from . import moves as mv
 from .backends import get_scorer
 from .pairing import PairResult, pair
 from .puzzle import Puzzle
-from .search import DEFAULT_SCHEDULE, local_search
+from .search import DEFAULT_SCHEDULE, local_search, local_search_native
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -44,6 +44,7 @@ class OrderResult:
     repaired: bool
     timings: Dict[str, float] = field(default_factory=dict)
     seed_orders: Dict[str, List[int]] = field(default_factory=dict)
+    runs: List[tuple] = field(default_factory=list)  # (start seed, final mse, stopped, rounds) per restart
 
     @property
     def moves_used(self) -> Dict[str, int]:
@@ -76,8 +77,32 @@ def greedy_seed(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> List[int]
     return order
 
 
-def seeds(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> Dict[str, List[int]]:
+def insertion_seed(scorer, X, target, weights, out_of: Sequence[int], priority: Sequence[int]) -> List[int]:
+    """Insertion construction (NEH, from flow-shop scheduling): take blocks in ``priority`` order and insert
+    each where the partial network (the blocks placed so far, in order; the others skipped) fits ``target``
+    best. Every insertion position is one candidate of the scoring contract, scored from the partial
+    order's cached prefixes. Needs no depth trend in the weights, which greedy_seed relies on."""
+    W_in, b_in, W_out, b_out = weights[:4]
+    seq = [int(priority[0])]
+    for blk in priority[1:]:
+        blk = int(blk)
+        n = len(seq)
+        prefix = scorer.forward_prefixes(X, seq, [out_of[a] for a in seq], W_in, b_in, W_out, b_out)
+        si = torch.full((n + 1, n + 1), -1, dtype=torch.int64)
+        so = si.clone()
+        for pos in range(n + 1):
+            tail = [blk] + seq[pos:]
+            si[pos, : len(tail)] = torch.as_tensor(tail)
+            so[pos, : len(tail)] = torch.as_tensor([out_of[a] for a in tail])
+        losses = scorer.score(prefix, torch.arange(n + 1), si, so, *weights, target)
+        pos = int(torch.argmin(losses))
+        seq.insert(pos, blk)
+    return seq
+
+
+def seeds(X, target, weights, out_of: Sequence[int], scorer) -> Dict[str, List[int]]:
     """Every seed order (lists of W_in stack indices)."""
+    W_in, b_in, W_out, b_out = weights[:4]
     oo = torch.as_tensor(list(out_of))
     fro = W_out[oo].flatten(1).norm(dim=1)
     dn = _delta(X, W_in, b_in, W_out, b_out, torch.arange(len(out_of)), oo).norm(dim=2).mean(dim=1)
@@ -87,6 +112,14 @@ def seeds(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> Dict[str, List[
         "delta_norm": torch.argsort(dn, stable=True).tolist(),
         "greedy": greedy_seed(X, W_in, b_in, W_out, b_out, out_of),
     }
+
+
+def update_priority(X, weights, out_of: Sequence[int]) -> List[int]:
+    """Blocks by mean update norm on X, largest first (NEH places the longest jobs first)."""
+    W_in, b_in, W_out, b_out = weights[:4]
+    oo = torch.as_tensor(list(out_of))
+    dn = _delta(X, W_in, b_in, W_out, b_out, torch.arange(len(out_of)), oo).norm(dim=2).mean(dim=1)
+    return torch.argsort(-dn, stable=True).tolist()
 
 
 def bradley_terry(wins: np.ndarray, iters: int = 200, prior: float = 0.5) -> np.ndarray:
@@ -139,17 +172,29 @@ def order(
     *,
     backend: str = "auto",
     seed: int = 0,
-    search_rows: int = 1024,
-    bt: bool = True,
+    search_rows: int = 256,
+    bt: bool = False,
     repair: bool = True,
-    kicks: int = 8,
+    kicks: int = 30,
     max_rounds: int = 10_000,
     time_limit: Optional[float] = None,
     multi: bool = True,
+    starts: int = 3,
+    native: bool = True,
+    insertion_trigger: float = 0.01,
     progress=None,
 ) -> OrderResult:
-    """Find the execution order of the paired blocks. ``search_rows`` rows (drawn with ``seed``) score the
-    search; ``repair`` lets the search re-pair blocks (needed when the weight-only pairing is wrong)."""
+    """Find the execution order of the paired blocks.
+
+    ``search_rows`` rows (drawn with ``seed``) score the search (the answer is verified on every row by
+    solve()). ``bt`` adds the paper's Bradley-Terry ranking as one more seed (off by default: it scores all
+    N(N-1)/2 swaps, ~15x the work of the multi-accept search that replaces it). ``repair`` lets the search
+    re-pair blocks (needed when the weight-only pairing is wrong). ``multi`` applies every improving,
+    non-overlapping adjacent swap of a round at once when that beats the best single swap. ``starts`` is how
+    many distinct seeds (best MSE first) the search may start from before it gives up at a local optimum.
+    ``kicks`` random insertions per start escape local optima (docs/SEARCH.md). With the cpp backend the
+    round loop runs in C++ (``native``); other backends use the Python loop with their scorer. The insertion
+    seed is built when the best cheap seed's MSE exceeds ``insertion_trigger`` x var(pred) (0 = always)."""
     timings: Dict[str, float] = {}
     deadline = None if time_limit is None else time.perf_counter() + time_limit
     if pairing is None:
@@ -168,8 +213,13 @@ def order(
         return float(((x @ puzzle.W_last.T + puzzle.b_last - target).double() ** 2).sum()) / nvals
 
     t = time.perf_counter()
-    cands = seeds(X, puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, out_of)
+    cands = seeds(X, target, weights, out_of, scorer)
     seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
+    # The insertion seed costs ~N^3/6 block passes: build it only when the cheap seeds are poor (MSE above
+    # 1% of pred's variance; on the public puzzle greedy is at 0.2% and search finishes it in one round).
+    if min(seed_mse.values()) > insertion_trigger * float(target.double().var(dim=0).mean()):
+        cands["insertion"] = insertion_seed(scorer, X, target, weights, out_of, update_priority(X, weights, out_of))
+        seed_mse["insertion"] = mse_of(cands["insertion"], [out_of[a] for a in cands["insertion"]])
     timings["seeds"] = time.perf_counter() - t
     if bt and (deadline is None or time.perf_counter() < deadline):
         t = time.perf_counter()
@@ -178,19 +228,32 @@ def order(
         cands["bradley_terry"] = bt_order(scorer, X, target, weights, o, [out_of[a] for a in o])
         seed_mse["bradley_terry"] = mse_of(cands["bradley_terry"], [out_of[a] for a in cands["bradley_terry"]])
         timings["bradley_terry"] = time.perf_counter() - t
-    start = min(seed_mse, key=seed_mse.get)
-    o_in = cands[start]
-    o_out = [out_of[a] for a in o_in]
-
     t = time.perf_counter()
     schedule = DEFAULT_SCHEDULE if repair else DEFAULT_SCHEDULE[:2]
     stop = nvals * search_threshold(target) ** 2
-    res = local_search(
-        scorer, X, target, *weights, o_in, o_out, schedule=schedule, stop_loss=stop,
-        max_rounds=max_rounds, kicks=kicks, seed=seed,
-        time_limit=None if deadline is None else max(0.0, deadline - time.perf_counter()),
-        progress=progress, multi=multi,
-    )
+    # Portfolio: search from the best seed; if that ends at a local optimum, restart from the next distinct one.
+    best, start, tried, runs = None, None, set(), []
+    rounds = scored = block_rows = 0
+    for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
+        o_in = cands[name]
+        if tuple(o_in) in tried:
+            continue
+        tried.add(tuple(o_in))
+        kw = dict(schedule=schedule, stop_loss=stop, max_rounds=max_rounds, kicks=kicks, seed=seed,
+                  time_limit=None if deadline is None else max(0.0, deadline - time.perf_counter()),
+                  progress=progress, multi=multi)
+        o_out = [out_of[a] for a in o_in]
+        if scorer.name == "cpp" and native:  # the whole round loop in C++ (same trajectory, no Python per round)
+            res = local_search_native(X, target, *weights, o_in, o_out, **kw)
+        else:
+            res = local_search(scorer, X, target, *weights, o_in, o_out, **kw)
+        rounds, scored, block_rows = rounds + res.rounds, scored + res.candidates_scored, block_rows + res.block_rows
+        runs.append((name, res.loss / nvals, res.stopped, res.rounds))
+        if best is None or res.loss < best.loss:
+            best, start = res, name
+        if res.stopped in ("exact", "time_limit", "interrupted"):
+            break
+    res = best
     timings["search"] = time.perf_counter() - t
     return OrderResult(
         order=res.order_in,
@@ -199,13 +262,14 @@ def order(
         seed_mse=seed_mse,
         start=start,
         history=[(r, k, i, j, l / nvals, c) for (r, k, i, j, l, c) in res.history],
-        rounds=res.rounds,
-        candidates_scored=res.candidates_scored,
-        block_rows=res.block_rows,
+        rounds=rounds,
+        candidates_scored=scored,
+        block_rows=block_rows,
         stopped=res.stopped,
         backend=scorer.name,
         search_rows=int(X.shape[0]),
         repaired=[out_of[a] for a in res.order_in] != list(res.order_out),
         timings=timings,
         seed_orders={k: list(v) for k, v in cands.items()},
+        runs=runs,
     )

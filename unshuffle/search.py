@@ -152,3 +152,58 @@ def _combine_adjacent(moves, losses, cur: float):
         used.update((i, j))
         taken.append((k, i, j))
     return taken
+
+
+def local_search_native(
+    X, target, W_in, b_in, W_out, b_out, W_last, b_last, order_in, order_out,
+    schedule=DEFAULT_SCHEDULE, stop_loss=0.0, max_rounds=10_000, kicks=0, seed=0, time_limit=None,
+    progress=None, multi=False, poll=0.1,
+) -> SearchOutcome:
+    """The same search run entirely in the C++ core (``unshuffle._core.local_search``, GIL released).
+
+    It runs in a worker thread so that Ctrl-C still works: the main thread waits, and on KeyboardInterrupt
+    asks the core to stop (``request_stop``), which returns the best order so far as 'interrupted'.
+    ``progress`` (if given) is called with the elapsed seconds while waiting; the core reports no moves
+    until it returns."""
+    import threading
+
+    import numpy as np
+
+    from . import _core
+
+    f = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+    args = [f(X), f(target), f(W_in), f(b_in), f(W_out), f(b_out), f(W_last), f(b_last),
+            np.asarray(order_in, dtype=np.int64), np.asarray(order_out, dtype=np.int64)]
+    kw = dict(schedule=[list(s) for s in schedule], stop_loss=float(stop_loss), max_rounds=int(max_rounds),
+              kicks=int(kicks), seed=int(seed), time_limit_s=time_limit, multi=bool(multi))
+    box = {}
+
+    def work():
+        try:
+            box["res"] = _core.local_search(*args, **kw)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["exc"] = exc
+
+    _core.clear_stop()
+    th = threading.Thread(target=work, name="unshuffle-search", daemon=True)
+    t0 = time.perf_counter()
+    th.start()
+    try:
+        while th.is_alive():
+            th.join(poll)
+            if progress is not None and th.is_alive():
+                progress(-1, "native", time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        _core.request_stop()
+        th.join()
+    finally:
+        _core.clear_stop()
+    if "exc" in box:
+        raise box["exc"]
+    r = box["res"]
+    hist = [(int(h[0]), int(h[1]), int(h[2]), int(h[3]), float(h[4]), int(h[5])) for h in np.asarray(r["history"]).reshape(-1, 6)]
+    return SearchOutcome(
+        order_in=[int(v) for v in r["order_in"]], order_out=[int(v) for v in r["order_out"]], loss=float(r["loss"]),
+        history=hist, rounds=int(r["rounds"]), candidates_scored=int(r["candidates_scored"]),
+        block_rows=int(r["block_rows"]), stopped=str(r["stopped_reason"]),
+    )

@@ -104,7 +104,7 @@ def solve(
     backend: str = "auto",
     seed: int = 0,
     time_limit: Optional[float] = None,
-    bt: bool = True,
+    bt: bool = False,
     progress=None,
     **order_kwargs,
 ) -> Solution:

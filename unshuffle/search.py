@@ -175,27 +175,30 @@ def local_search_native(
     args = [f(X), f(target), f(W_in), f(b_in), f(W_out), f(b_out), f(W_last), f(b_last),
             np.asarray(order_in, dtype=np.int64), np.asarray(order_out, dtype=np.int64)]
     kw = dict(schedule=[list(s) for s in schedule], stop_loss=float(stop_loss), max_rounds=int(max_rounds),
-              kicks=int(kicks), seed=int(seed), time_limit_s=time_limit, multi=bool(multi))
+              kicks=int(kicks), seed=int(seed), multi=bool(multi),
+              time_limit_s=None if time_limit is None else max(float(time_limit), 1e-9))  # the core wants > 0
     box = {}
+    done = threading.Event()  # waited on instead of Thread.join: an interrupted join can mark the thread finished
 
     def work():
         try:
             box["res"] = _core.local_search(*args, **kw)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["exc"] = exc
+        finally:
+            done.set()
 
     _core.clear_stop()
-    th = threading.Thread(target=work, name="unshuffle-search", daemon=True)
+    threading.Thread(target=work, name="unshuffle-search", daemon=True).start()
     t0 = time.perf_counter()
-    th.start()
     try:
-        while th.is_alive():
-            th.join(poll)
-            if progress is not None and th.is_alive():
+        while not done.wait(poll):
+            if progress is not None:
                 progress(-1, "native", time.perf_counter() - t0)
     except KeyboardInterrupt:
-        _core.request_stop()
-        th.join()
+        _core.request_stop()  # the core returns its best order so far as 'interrupted'
+        while not done.wait(poll):
+            pass
     finally:
         _core.clear_stop()
     if "exc" in box:

@@ -86,17 +86,52 @@ def _margins(S: np.ndarray, cols: np.ndarray):
     return chosen - best_row, chosen - best_col_other, gap
 
 
+def _corr_rows(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of every row of A (Na, h) with every row of B (Nb, h): (Na, Nb)."""
+    A = A - A.mean(1, keepdim=True)
+    B = B - B.mean(1, keepdim=True)
+    return (A / (A.norm(dim=1, keepdim=True) + 1e-30)) @ (B / (B.norm(dim=1, keepdim=True) + 1e-30)).T
+
+
+def extra_scores(puzzle: Puzzle, rows: int = 1000) -> Dict[str, np.ndarray]:
+    """Fallback pairing signals for networks whose W_out W_in has no diagonal structure
+    (docs/pairing_study.md: weight decay or a small init give none, but these work there):
+    'unitnorm': correlation over hidden units j of ||W_in[a][j, :]|| and ||W_out[b][:, j]|| (weights only);
+    'data_norm': E||u(x)||^2 of the block update on the recorded inputs (a trained pair's update is larger);
+    'data_dot': -E<u(x), x> (the data analogue of the negative trace)."""
+    W_in, b_in, W_out, b_out = (t.double() for t in (puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out))
+    X = puzzle.X[:rows].double()
+    out = {"unitnorm": _corr_rows(W_in.norm(dim=2), W_out.norm(dim=1))}
+    H = torch.relu(torch.einsum("rd,ahd->ahr", X, W_in) + b_in[:, :, None])  # (Na, h, R)
+    R = X.shape[0]
+    G = H @ H.transpose(1, 2) / R  # E[h h^T] per inp piece
+    # E||W h + c||^2 = tr(W G W^T) + 2 c^T W E[h] + |c|^2, for every (a, b) without forming the updates
+    quad = torch.einsum("bdh,ahk,bdk->ab", W_out, G, W_out)
+    lin = 2 * torch.einsum("bd,bdh,ah->ab", b_out, W_out, H.mean(2))
+    out["data_norm"] = quad + lin + (b_out**2).sum(1)[None, :]
+    out["data_dot"] = -(torch.einsum("bdh,ahd->ab", W_out, H @ X / R) + (b_out @ X.mean(0))[None, :])
+    return {k: v.numpy() for k, v in out.items()}
+
+
+METHODS = ("trace", "ratio", "unitnorm", "data_norm", "data_dot")
+
+
 def pair(puzzle: Puzzle, method: str = "trace") -> PairResult:
     """Pair every inp piece with an out piece (Hungarian assignment on ``method``: 'trace' or 'ratio').
 
     'trace' (-tr(W_out W_in)/d) is the default: on generated networks it pairs right where Park's ratio
     slips (docs/pairing_study.md: N=24 fast regime 100% vs 81%); on the public puzzle both are perfect.
-    Both scores are always computed and reported; ``agree`` says whether their assignments coincide."""
+    Both scores are always computed and reported; ``agree`` says whether the chosen method's assignment
+    coincides with the other diagonal score's ('ratio' for 'trace', else 'trace'). The fallback methods
+    'unitnorm', 'data_norm' and 'data_dot' (see ``extra_scores``) are what solve() tries next when the
+    search cannot make the first pairing exact."""
     t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown pairing method {method!r} (choose one of {', '.join(METHODS)})")
     ratio, ntr = score_matrices(puzzle.W_in, puzzle.W_out)
-    if method not in ("ratio", "trace"):
-        raise ValueError(f"unknown pairing method {method!r} (choose 'ratio' or 'trace')")
-    S = ratio if method == "ratio" else ntr
+    S = {"ratio": ratio, "trace": ntr}.get(method)
+    if S is None:
+        S = extra_scores(puzzle)[method]
     other = ntr if method == "ratio" else ratio
     _, cols = linear_sum_assignment(S, maximize=True)
     _, cols2 = linear_sum_assignment(other, maximize=True)

@@ -105,18 +105,22 @@ def solve(
     seed: int = 0,
     time_limit: Optional[float] = None,
     bt: bool = False,
+    pairing_methods: Sequence[str] = ("trace", "ratio", "unitnorm", "data_norm", "data_dot"),
     progress=None,
     **order_kwargs,
 ) -> Solution:
     """Load (if given a path), pair, order and verify. ``exact`` is True only when the answer reproduces
-    pred on every row within the float32 tolerance (see ``Verification``)."""
+    pred on every row within the float32 tolerance (see ``Verification``). ``pairing_methods``: the first
+    pairs the blocks; when the search cannot make that exact, each next method's distinct pairing is
+    searched in turn (the order's search can also re-pair blocks itself)."""
     t0 = time.perf_counter()
     timings: Dict[str, float] = {}
     if not isinstance(puzzle, Puzzle):
         puzzle = load_puzzle(puzzle)
         timings["load"] = time.perf_counter() - t0
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     t = time.perf_counter()
-    pr = pair(puzzle)
+    pr = pair(puzzle, pairing_methods[0])
     timings["pair"] = time.perf_counter() - t
     t = time.perf_counter()
     orr = order(puzzle, pr, backend=backend, seed=seed, time_limit=time_limit, bt=bt, progress=progress, **order_kwargs)
@@ -125,6 +129,23 @@ def solve(
     t = time.perf_counter()
     v = verify(puzzle, orr.order, orr.order_out)
     timings["verify"] = time.perf_counter() - t
+    # Fallback pairings: a network trained differently may lack the diagonal signal; each distinct pairing
+    # from another signal gets a full order() until one verifies exact (the data decides, not the weights).
+    tried = {tuple(pr.out_of)}
+    for method in pairing_methods[1:]:
+        if v.exact or orr.stopped == "interrupted" or (deadline is not None and time.perf_counter() >= deadline):
+            break
+        t = time.perf_counter()
+        alt = pair(puzzle, method)
+        if tuple(alt.out_of) in tried:
+            continue
+        tried.add(tuple(alt.out_of))
+        left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        o2 = order(puzzle, alt, backend=backend, seed=seed, time_limit=left, bt=bt, progress=progress, **order_kwargs)
+        v2 = verify(puzzle, o2.order, o2.order_out)
+        timings[f"fallback.{method}"] = time.perf_counter() - t
+        if v2.exact or v2.mse < v.mse:
+            pr, orr, v = alt, o2, v2
     timings["total"] = time.perf_counter() - t0
     perm = puzzle.answer(orr.order, orr.order_out)
     return Solution(

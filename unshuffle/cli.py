@@ -181,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             folder = args.dir or tempfile.mkdtemp(prefix="unshuffle-demo-")
             if not args.quiet:
                 print(f"generating the default demo puzzle in {folder} ...", file=sys.stderr)
-            make_puzzle(folder, seed=args.seed)
+            make_puzzle(folder, blocks=16, dim=32, hidden=64, rows=2000, seed=args.seed)  # the embedded default
             puzzle = load_puzzle(folder)
         else:
             if args.puzzle_dir is None and args.data is None:

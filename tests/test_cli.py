@@ -107,3 +107,21 @@ def test_readme_commands_and_ci_agree():
     assert test_cmd.strip() in ci
     assert "torch==2.13.0" in demo_cmd and "torch==2.13.0" in test_cmd
     assert "UNSHUFFLE_REQUIRE_EXT=1" in test_cmd
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("reference", "torch", "cpp", "triton", "auto backend:"):
+        assert name in out
+
+
+def test_progress_callback_handles_both_loops(capsys):
+    from unshuffle.cli import _progress
+
+    update, bar = _progress(True)
+    update(3, "adjacent", 1.5e-3)  # Python loop: one move
+    update(-1, "native", 2.0)  # C++ loop: elapsed seconds while it runs
+    bar.close()
+    assert "C++ search running" in capsys.readouterr().err
+    assert _progress(False) == (None, None)

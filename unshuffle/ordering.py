@@ -17,6 +17,7 @@ from . import moves as mv
 from .backends import get_scorer
 from .pairing import PairResult, pair
 from .puzzle import Puzzle
+from .reference import final_sse
 from .search import DEFAULT_SCHEDULE, local_search, local_search_native
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -146,7 +147,7 @@ def bt_order(scorer, X, target, weights, order_in, order_out) -> List[int]:
     W_in, b_in, W_out, b_out, W_last, b_last = weights
     n = len(order_in)
     prefix = scorer.forward_prefixes(X, order_in, order_out, W_in, b_in, W_out, b_out)
-    cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+    cur = final_sse(prefix[-1], W_last, b_last, target)
     starts, si, so, moves = mv.generate_candidates(order_in, order_out, (mv.ADJACENT, mv.SWAP))
     losses = scorer.score(prefix, torch.from_numpy(starts), torch.from_numpy(si), torch.from_numpy(so), *weights, target)
     wins = np.zeros((n, n))
@@ -210,7 +211,7 @@ def order(
 
     def mse_of(o_in, o_out):
         x = scorer.forward_prefixes(X, o_in, o_out, *weights[:4])[-1]
-        return float(((x @ puzzle.W_last.T + puzzle.b_last - target).double() ** 2).sum()) / nvals
+        return final_sse(x, puzzle.W_last, puzzle.b_last, target) / nvals
 
     t = time.perf_counter()
     cands = seeds(X, target, weights, out_of, scorer)

@@ -37,6 +37,11 @@ def block_forward(x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: T
     return x + torch.relu(x @ w_in.T + b_in) @ w_out.T + b_out
 
 
+def final_sse(x: Tensor, W_last: Tensor, b_last: Tensor, target: Tensor) -> float:
+    """Sum of squared errors of the last layer on activations x against target (summed in float64)."""
+    return float(((x @ W_last.T + b_last - target).double() ** 2).sum())
+
+
 def forward_prefixes(x: Tensor, order_in, order_out, W_in, b_in, W_out, b_out) -> Tensor:
     """Activations after each position of an order: (len(order)+1, R, d), [0] is x itself."""
     out = [x]

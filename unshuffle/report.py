@@ -12,7 +12,7 @@ from typing import Dict, List
 import numpy as np
 
 from .errors import PuzzleError
-from .moves import KIND_NAMES
+from .moves import ADJACENT, KIND_NAMES, apply_move
 from .safeio import atomic_path, atomic_write_text
 
 
@@ -101,9 +101,7 @@ def plot_positions(puzzle, sol, path: Path):
     X, T = puzzle.X[rows], puzzle.pred[rows].double()
     swap_mse = []
     for t in range(n - 1):
-        oi, oo = list(o.order), list(o.order_out)
-        oi[t], oi[t + 1] = oi[t + 1], oi[t]
-        oo[t], oo[t + 1] = oo[t + 1], oo[t]
+        oi, oo = apply_move(o.order, o.order_out, ADJACENT, t, t + 1)
         y = forward(puzzle, oi, oo, X=X).double()
         swap_mse.append(float(((y - T) ** 2).mean()))
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)

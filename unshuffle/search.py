@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from . import moves as mv
+from .reference import final_sse
 
 DEFAULT_SCHEDULE = ((mv.ADJACENT,), (mv.SWAP, mv.INSERT), (mv.REPAIR,))
 
@@ -59,7 +60,7 @@ def local_search(
     visited = {mv.ordering_hash(oi, oo)}
     weights = (W_in, b_in, W_out, b_out, W_last, b_last)
     prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
-    cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+    cur = final_sse(prefix[-1], W_last, b_last, target)
     out = SearchOutcome(list(oi), list(oo), cur)
     level, kicks_left = 0, kicks
     try:
@@ -88,7 +89,7 @@ def local_search(
                 oi, oo = ki, ko
                 visited.add(mv.ordering_hash(oi, oo))
                 prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
-                cur = float(((prefix[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+                cur = final_sse(prefix[-1], W_last, b_last, target)
                 out.history.append((out.rounds, mv.KICK, i, j, cur, 0))
                 if cur < out.loss:  # a kick can land lower; best-so-far follows it as the C++ core does
                     out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
@@ -116,7 +117,7 @@ def local_search(
                         for (_, a, b) in combo:
                             ci, co = mv.apply_move(ci, co, mv.ADJACENT, a, b)
                         cp = scorer.forward_prefixes(X, ci, co, W_in, b_in, W_out, b_out)
-                        cl = float(((cp[-1] @ W_last.T + b_last - target).double() ** 2).sum())
+                        cl = final_sse(cp[-1], W_last, b_last, target)
                         out.block_rows += n * R
                         if improves(cl, bl):
                             applied, ni, no, bl = combo, ci, co, cl

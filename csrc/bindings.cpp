@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "scorer.hpp"
 #include "search.hpp"
+#include "stop.hpp"
 
 namespace py = pybind11;
 using namespace unshuffle;
@@ -147,13 +149,27 @@ py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape)
   return a;
 }
 
+// Raised (as unshuffle._core.Stopped, a RuntimeError) when a StopFlag or time limit cuts a scoring call.
+struct StoppedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// None -> no limit (0); otherwise a positive number of seconds (inf: no limit).
+double parse_time_limit(const std::string& fn, const py::object& t) {
+  if (t.is_none()) return 0.0;
+  const double v = py::cast<double>(t);
+  if (!(v > 0)) fail(fn, "time_limit_s must be > 0 or None (no limit), got " + std::to_string(v));
+  return std::isinf(v) ? 0.0 : v;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 py::array_t<double> score_candidates_py(py::array prefix, py::array starts, py::array seq_in, py::array seq_out,
                                         py::array W_in, py::array b_in, py::array W_out, py::array b_out,
                                         py::array W_last, py::array b_last, py::array target, int n_threads,
-                                        int tile_rows) {
+                                        int tile_rows, const StopFlag* stop, py::object time_limit_s) {
   const std::string fn = "score_candidates";
+  const double tl = parse_time_limit(fn, time_limit_s);
   auto ps = check(prefix, fn, "prefix", true, 3, "(P, R, d)");
   const int64_t P = ps[0], R = ps[1], d = ps[2];
   if (P < 1) fail(fn, "prefix must hold at least one position (P >= 1), got shape " + shape_str(prefix));
@@ -176,13 +192,18 @@ py::array_t<double> score_candidates_py(py::array prefix, py::array starts, py::
   py::array_t<double> out(K);
   double* o = out.mutable_data();
   const Head head{ptr<float>(W_last), ptr<float>(b_last), ptr<float>(target), static_cast<int64_t>(W_last.shape(0))};
+  bool cut = false;
+  const char* why = nullptr;
   {
     py::gil_scoped_release nogil;
     const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
                                    s.No, d, s.h);
+    const Stopper stopper(stop, tl);
     score_candidates(net, ptr<float>(prefix), R, ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out),
-                     K, L, head, o, n_threads, tile_rows);
+                     K, L, head, o, n_threads, tile_rows, &stopper, &cut);
+    if (cut) why = stopper.reason();
   }
+  if (cut) throw StoppedError(why ? why : "interrupted");
   return out;
 }
 
@@ -242,7 +263,7 @@ uint64_t ordering_hash_py(py::array order_in, py::array order_out) {
 py::dict local_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
                          py::array b_out, py::array W_last, py::array b_last, py::array order_in, py::array order_out,
                          py::object schedule, double stop_loss, int64_t max_rounds, int64_t kicks, uint64_t seed,
-                         py::object time_limit_s, int n_threads, bool multi) {
+                         py::object time_limit_s, int n_threads, bool multi, const StopFlag* stop) {
   const std::string fn = "local_search";
   auto xs = check(X, fn, "X", true, 2, "(R, d)");
   const int64_t R = xs[0], d = xs[1];
@@ -264,11 +285,8 @@ py::dict local_search_py(py::array X, py::array target, py::array W_in, py::arra
   if (kicks < 0) fail(fn, "kicks must be >= 0, got " + std::to_string(kicks));
   p.stop_loss = stop_loss, p.max_rounds = max_rounds, p.kicks = kicks, p.seed = seed, p.n_threads = n_threads;
   p.multi = multi;
-  if (!time_limit_s.is_none()) {
-    const double t = py::cast<double>(time_limit_s);
-    if (!(t > 0)) fail(fn, "time_limit_s must be > 0 or None (no limit), got " + std::to_string(t));
-    p.time_limit_s = std::isinf(t) ? 0.0 : t;
-  }
+  p.time_limit_s = parse_time_limit(fn, time_limit_s);
+  p.stop = stop;
   const int64_t N = order_in.shape(0);
   const Head head{ptr<float>(W_last), ptr<float>(b_last), ptr<float>(target), static_cast<int64_t>(W_last.shape(0))};
   SearchResult r;
@@ -301,9 +319,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("score_candidates", &score_candidates_py, py::arg("prefix"), py::arg("starts"), py::arg("seq_in"),
         py::arg("seq_out"), py::arg("W_in"), py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("W_last"),
         py::arg("b_last"), py::arg("target"), py::arg("n_threads") = 0, py::arg("tile_rows") = 0,
+        py::arg("stop") = nullptr, py::arg("time_limit_s") = py::none(),
         "Contract losses (K,) float64 of K candidates (see unshuffle.reference). All arrays float32/int64,\n"
         "C-contiguous. n_threads=0 uses the OpenMP default; results do not depend on it. tile_rows (rows per\n"
-        "work item, rounded up to a multiple of 24; 0 = default) is a tuning knob for benchmarks.");
+        "work item, rounded up to a multiple of 24; 0 = default) is a tuning knob for benchmarks. stop\n"
+        "(StopFlag) or time_limit_s cut the call short: it then raises Stopped('interrupted'|'time_limit').");
   m.def("forward_prefixes", &forward_prefixes_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"),
         py::arg("W_in"), py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("n_threads") = 0,
         py::arg("tile_rows") = 0, "Activations after each position of the order: (N+1, R, d) float32, [0] = X.");
@@ -319,18 +339,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("order_out"), py::arg("schedule") = py::none(), py::arg("stop_loss") = 0.0,
         py::arg("max_rounds") = 1000000, py::arg("kicks") = 0, py::arg("seed") = 0,
         py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0, py::arg("multi") = false,
+        py::arg("stop") = nullptr,
         "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
         "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
         "rows [round, kind, i, j, loss, n_candidates] (round: 1-based round that found the move; kicks: kind 4,\n"
         "n_candidates 0, round = rounds done so far),\n"
         "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"
-        "{exact (loss <= stop_loss), max_rounds, time_limit, local_optimum, interrupted (request_stop)}).\n"
+        "{exact (loss <= stop_loss), max_rounds, time_limit, local_optimum, interrupted (stop was set)}).\n"
         "multi=True: docs/SEARCH.md \"Multi-accept\" (disjoint improving adjacent swaps applied together; one\n"
         "history row per applied move, all with the same round).");
-  m.def("request_stop", &request_stop,
-        "Asks every running local_search (in any thread) to stop at its next round check; it returns the best\n"
-        "so far with stopped_reason 'interrupted'. The flag stays set, so later searches stop at once, until\n"
-        "clear_stop().");
-  m.def("clear_stop", &clear_stop, "Clears the request_stop flag.");
-  m.def("stop_requested", &stop_requested, "Whether the request_stop flag is set.");
+  py::class_<StopFlag>(m, "StopFlag",
+                       "A cancel flag for one search: pass it as stop= to local_search / score_candidates and\n"
+                       "set() it from any thread (no GIL needed by the core). It never clears; make a new one.")
+      .def(py::init<>())
+      .def("set", &StopFlag::set, "Ask every core call holding this flag to stop (best so far is returned).")
+      .def("is_set", &StopFlag::is_set);
+  py::register_exception<StoppedError>(m, "Stopped", PyExc_RuntimeError);
 }

@@ -3,6 +3,7 @@
 #include "scorer.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -229,7 +230,8 @@ IndexError check_candidates(const int64_t* starts, const int64_t* seq_in, const 
 
 int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, const int64_t* starts,
                          const int64_t* seq_in, const int64_t* seq_out, int64_t K, int64_t L, const Head& head,
-                         double* losses, int n_threads, int tile_rows) {
+                         double* losses, int n_threads, int tile_rows, const Stopper* stop, bool* stopped) {
+  if (stopped) *stopped = false;
   if (K <= 0) return 0;
   const int T = resolve_tile(tile_rows);
   const int64_t d = net.d, Dp = net.Dp, Hp = net.Hp;
@@ -243,11 +245,18 @@ int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, c
     total_len += t;
   }
   const int nt = resolve_threads(n_threads, 4.0 * static_cast<double>(total_len) * R * net.d * net.h);
+  std::atomic<bool> halted{false};
 #pragma omp parallel num_threads(nt) if (nt > 1 && items > 1)
   {
     FloatBuf xb(static_cast<std::size_t>(T * Dp)), hb(static_cast<std::size_t>(T * Hp));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
+      // One poll per work item (a row tile of one candidate): a cancelled round ends within microseconds.
+      if (halted.load(std::memory_order_relaxed)) continue;
+      if (stop && stop->should_stop()) {
+        halted.store(true, std::memory_order_relaxed);
+        continue;
+      }
       const int64_t c = it / ntiles, r0 = (it % ntiles) * T;
       const int64_t nr = std::min<int64_t>(T, R - r0);
       if (nr <= 0) continue;
@@ -258,6 +267,10 @@ int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, c
       for (int64_t t = 0; t < L && si[t] >= 0; ++t) apply_block(net, si[t], so[t], xb.data(), hb.data(), M);
       partial[it] = tile_loss(xb.data(), Dp, nr, d, head, head.target + r0 * head.k);
     }
+  }
+  if (halted.load()) {
+    if (stopped) *stopped = true;
+    return 0;
   }
   // Fixed-order reduction per candidate: independent of the thread count and schedule.
   for (int64_t c = 0; c < K; ++c) {

@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include "stop.hpp"
+
 namespace unshuffle {
 
 // 64-byte aligned float buffer (zero-initialised).
@@ -62,10 +64,12 @@ IndexError check_candidates(const int64_t* starts, const int64_t* seq_in, const 
 
 // losses[c] = contract loss of candidate c. prefix is (P, R, d). Per-candidate sums are reduced in a fixed
 // order (row tile by row tile), so results do not depend on n_threads (0 = OpenMP default).
-// Returns the number of block-rows computed (sum of candidate lengths times R).
+// Returns the number of block-rows computed (sum of candidate lengths times R). With a `stop` that fires
+// during the call, the remaining work items are skipped, *stopped is set and the losses are meaningless.
 int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, const int64_t* starts,
                          const int64_t* seq_in, const int64_t* seq_out, int64_t K, int64_t L, const Head& head,
-                         double* losses, int n_threads, int tile_rows = 0);
+                         double* losses, int n_threads, int tile_rows = 0, const Stopper* stop = nullptr,
+                         bool* stopped = nullptr);
 
 // prefix is (N+1, R, d); rows prefix[0..p0] must be valid. Recomputes prefix[p0+1..N] for the order.
 void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t* order_in, const int64_t* order_out,

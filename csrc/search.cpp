@@ -10,8 +10,6 @@ namespace unshuffle {
 
 namespace {
 
-std::atomic<bool> g_stop{false};
-
 // Strict improvement guarded against float noise (SEARCH.md "Rounds").
 inline bool improves(double next, double cur) { return next < cur * (1.0 - 1e-9) - 1e-30; }
 
@@ -115,10 +113,6 @@ uint64_t ordering_hash(const int64_t* oin, const int64_t* oout, int64_t N) {
   return h;
 }
 
-void request_stop() { g_stop.store(true, std::memory_order_relaxed); }
-void clear_stop() { g_stop.store(false, std::memory_order_relaxed); }
-bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
-
 uint64_t splitmix64_next(uint64_t& state) {
   state += 0x9E3779B97F4A7C15ULL;
   uint64_t z = state;
@@ -129,8 +123,7 @@ uint64_t splitmix64_next(uint64_t& state) {
 
 SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const Head& head,
                           const int64_t* order_in, const int64_t* order_out, int64_t N, const SearchParams& P) {
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
+  const Stopper stopper(P.stop, P.time_limit_s);
   const int64_t d = net.d;
   SearchResult res;
   std::vector<int64_t> oin(order_in, order_in + N), oout(order_out, order_out + N);
@@ -163,18 +156,14 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
   while (true) {
     if (cur <= P.stop_loss) { res.stopped_reason = "exact"; break; }
     if (res.rounds >= P.max_rounds) { res.stopped_reason = "max_rounds"; break; }
-    if (P.time_limit_s > 0 && std::chrono::duration<double>(clock::now() - t0).count() > P.time_limit_s) {
-      res.stopped_reason = "time_limit";
-      break;
-    }
-    if (stop_requested()) { res.stopped_reason = "interrupted"; break; }
+    if (const char* why = stopper.reason()) { res.stopped_reason = why; break; }
     if (level >= nlevels) {  // local optimum of the whole schedule: kick or stop
       if (kicks_left <= 0 || N < 3) { res.stopped_reason = "local_optimum"; break; }
       --kicks_left;
       int64_t ki = -1, kj = -1;
-      bool stopped = false;
+      const char* stopped = nullptr;
       for (int64_t attempt = 0; attempt < (int64_t{1} << 24); ++attempt) {
-        if (stop_requested()) { stopped = true; break; }
+        if ((attempt & 1023) == 0 && (stopped = stopper.reason())) break;
         const int64_t i = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
         const int64_t j = static_cast<int64_t>(splitmix64_next(rng) % static_cast<uint64_t>(N));
         if (i - j < 2 && j - i < 2) continue;
@@ -185,7 +174,7 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
         ki = i, kj = j;
         break;
       }
-      if (stopped) { res.stopped_reason = "interrupted"; break; }
+      if (stopped) { res.stopped_reason = stopped; break; }
       if (ki < 0) { res.stopped_reason = "local_optimum"; break; }  // (practically) every kick was visited
       oin.swap(tin), oout.swap(tout);
       visited.insert(ordering_hash(oin.data(), oout.data(), N));
@@ -201,8 +190,15 @@ SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const
     ++res.rounds;
     if (cand.K == 0) { ++level; continue; }
     losses.assign(static_cast<std::size_t>(cand.K), 0.0);
+    bool cut = false;
     res.block_rows += score_candidates(net, prefix.data(), R, cand.starts.data(), cand.seq_in.data(),
-                                       cand.seq_out.data(), cand.K, cand.L, head, losses.data(), P.n_threads);
+                                       cand.seq_out.data(), cand.K, cand.L, head, losses.data(), P.n_threads, 0,
+                                       &stopper, &cut);
+    if (cut) {  // the round was cut short: its losses are incomplete, so it is not used
+      const char* why = stopper.reason();
+      res.stopped_reason = why ? why : "interrupted";
+      break;
+    }
     res.candidates_scored += cand.K;
     int64_t best = 0;
     for (int64_t c = 1; c < cand.K; ++c)  // strict <: ties go to the lowest candidate index

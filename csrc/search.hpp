@@ -39,6 +39,7 @@ struct SearchParams {
   int64_t kicks = 0;
   uint64_t seed = 0;
   double time_limit_s = 0.0;  // <= 0: no limit
+  const StopFlag* stop = nullptr;  // this search's cancel flag (may be null); see stop.hpp
   int n_threads = 0;
   bool multi = false;  // SEARCH.md "Multi-accept": disjoint improving adjacent swaps applied together
 };
@@ -51,12 +52,9 @@ struct SearchResult {
   std::string stopped_reason;  // exact (loss <= stop_loss) | max_rounds | time_limit | local_optimum | interrupted
 };
 
-// Process-wide cooperative cancel: local_search checks the flag once per round (and while redrawing a kick)
-// and stops with "interrupted", returning the best so far. The flag stays set until clear_stop(), so a
-// request made just before a search starts is not lost; every running search sees it.
-void request_stop();
-void clear_stop();
-bool stop_requested();
+// Cancellation: params.stop (set from another thread) and params.time_limit_s are polled once per round,
+// while drawing a kick, and once per scored work item inside a round, so a stop lands within microseconds
+// even when one round scores thousands of candidates; the best order so far is returned.
 
 // X (R, d) search rows; head.target (R, k). order_* (N,) with indices valid for net.
 SearchResult local_search(const PackedNet& net, const float* X, int64_t R, const Head& head,

@@ -61,3 +61,15 @@ def make_random_net(n=6, d=8, h=12, k=1, rows=64, seed=0, scale=0.4):
 @pytest.fixture
 def random_net():
     return make_random_net
+
+
+@pytest.fixture(scope="session")
+def small_puzzle(tmp_path_factory):
+    """A small generated puzzle (N=6, d=16, h=32, 500 rows) that every backend solves exactly in well under a
+    second: for tests about the machinery around the solve rather than the search."""
+    from unshuffle.generate import make_puzzle
+    from unshuffle.puzzle import load_puzzle
+
+    folder = tmp_path_factory.mktemp("small")
+    make_puzzle(folder, blocks=6, dim=16, hidden=32, rows=500, seed=4)
+    return load_puzzle(folder)

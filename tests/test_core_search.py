@@ -440,34 +440,71 @@ def test_kick_that_lands_lower_is_best_so_far(seed):
     assert p.order_in == list(ci) and p.order_out == list(co)
 
 
-def test_request_stop_interrupts_a_running_search():
+def _wait_until(cond, timeout=60.0):
+    t = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t < timeout, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_stop_flag_interrupts_a_running_search_and_only_its_own():
     w, ti, to = make_puzzle(9, N=24, d=8, h=16, R=64)
     rng = np.random.default_rng(9)
     oi, oo = rng.permutation(24), rng.permutation(24)
     start_loss = run(w, oi, oo, max_rounds=0)["loss"]
-    out = {}
     kw = dict(schedule=[[SWAP, INSERT], [REPAIR]], stop_loss=-1.0, max_rounds=10**9, kicks=10**9, seed=3,
               n_threads=1)
-    th = threading.Thread(target=lambda: out.update(run(w, oi, oo, **kw)), daemon=True)
-    core.clear_stop()
-    try:
+    flags = [core.StopFlag(), core.StopFlag()]
+    outs = [{}, {}]
+    ths = [threading.Thread(target=lambda i=i: outs[i].update(run(w, oi, oo, stop=flags[i], **kw)), daemon=True)
+           for i in range(2)]
+    for th in ths:
         th.start()
-        time.sleep(0.3)
-        assert th.is_alive()  # nowhere near done: the GIL is released, so this thread runs meanwhile
-        core.request_stop()
-        assert core.stop_requested()
-        th.join(timeout=60)
-        assert not th.is_alive()
-        res = out
-        assert res["stopped_reason"] == "interrupted"
-        assert res["rounds"] > 0 and len(res["history"]) > 0
-        assert res["loss"] == min(start_loss, res["history"][:, 4].min()) < start_loss  # best so far
-        # the flag stays set until cleared: a new search stops before its first round
-        r = run(w, oi, oo, **kw)
-        assert r["stopped_reason"] == "interrupted" and r["rounds"] == 0 and r["loss"] == start_loss
-        assert list(r["order_in"]) == list(oi)
-    finally:
-        core.clear_stop()
-    assert not core.stop_requested()
-    assert run(w, oi, oo, max_rounds=3, **{k: v for k, v in kw.items() if k != "max_rounds"})["stopped_reason"] \
-        == "max_rounds"
+    # both running (the GIL is released, so this thread runs meanwhile); no sleep: wait for a visible state
+    assert ths[0].is_alive() and ths[1].is_alive()
+    flags[0].set()
+    ths[0].join(timeout=60)
+    assert not ths[0].is_alive()
+    res = outs[0]
+    assert res["stopped_reason"] == "interrupted"
+    assert res["loss"] <= start_loss  # best so far
+    if len(res["history"]):
+        assert res["loss"] == min(start_loss, res["history"][:, 4].min())
+    assert ths[1].is_alive() and not flags[1].is_set()  # the other search is not disturbed
+    flags[1].set()
+    ths[1].join(timeout=60)
+    assert outs[1]["stopped_reason"] == "interrupted"
+    # a set flag stops a new search before its first round; a fresh flag does not
+    r = run(w, oi, oo, stop=flags[0], **kw)
+    assert r["stopped_reason"] == "interrupted" and r["rounds"] == 0 and r["loss"] == start_loss
+    assert list(r["order_in"]) == list(oi)
+    assert run(w, oi, oo, max_rounds=3, stop=core.StopFlag(), **{k: v for k, v in kw.items() if k != "max_rounds"}
+               )["stopped_reason"] == "max_rounds"
+
+
+def test_deadline_cuts_a_long_round_short():
+    """A round of ~3,000 candidates at R=4,096 takes seconds; the deadline (50 ms) is polled inside the scorer,
+    so the search ends with no round completed (candidates_scored counts only completed rounds)."""
+    w, ti, to = make_puzzle(4, N=40, d=16, h=32, R=4096)
+    rng = np.random.default_rng(4)
+    oi, oo = rng.permutation(40), rng.permutation(40)
+    res = run(w, oi, oo, schedule=[[SWAP, INSERT, REPAIR]], stop_loss=-1.0, max_rounds=1, n_threads=1,
+              time_limit_s=0.05)
+    assert res["stopped_reason"] == "time_limit"
+    assert res["candidates_scored"] == 0 and res["rounds"] <= 1
+    assert list(res["order_in"]) == list(oi)
+
+
+def test_score_candidates_raises_stopped():
+    w, ti, to = make_puzzle(5, N=6, d=8, h=16, R=48)
+    prefix = np.ascontiguousarray(w["X"][None])
+    starts, si, so, _ = core.generate_candidates(np.asarray(ti, np.int64), np.asarray(to, np.int64), ["swap"])
+    flag = core.StopFlag()
+    args = (prefix, np.zeros_like(starts), si, so, *(w[k] for k in ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last")),
+            w["target"])
+    assert np.all(np.isfinite(core.score_candidates(*args, stop=flag)))
+    flag.set()
+    with pytest.raises(core.Stopped, match="interrupted"):
+        core.score_candidates(*args, stop=flag)
+    with pytest.raises(ValueError, match="time_limit_s must be > 0"):
+        core.score_candidates(*args, time_limit_s=0.0)

@@ -95,12 +95,11 @@ def test_cli_expect_sha_mismatch_exits_1(public_dir):
     assert "does not match" in r.stderr
 
 
-def test_cli_time_limit_returns_best_so_far(public_dir):
+def test_cli_time_limit_zero_means_no_limit(public_dir):
     r = _cli("solve", str(public_dir), "--json", "--quiet", "--time-limit", "0")
-    assert r.returncode == 1
+    assert r.returncode == 0
     d = json.loads(r.stdout)
-    assert d["exact"] is False and d["stopped"] == "time_limit"
-    assert sorted(d["permutation"]) == list(range(97))
+    assert d["exact"] is True and d["budget"]["time_limit"] is None and d["budget"]["stopped"] == "exact"
 
 
 @pytest.mark.parametrize("backend", [b for b, (ok, _) in available_backends().items() if ok and b != "reference"])

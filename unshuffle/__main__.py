@@ -1,5 +1,4 @@
-import sys
+"""``python -m unshuffle`` = the ``unshuffle`` command."""
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -7,17 +7,23 @@ answer so far is still printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional
 
+from .cancel import DEFAULT_TIME_LIMIT, INTERRUPTED
 from .errors import BackendUnavailable, PuzzleError
 
 EXIT_EXACT, EXIT_INEXACT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+log = logging.getLogger("unshuffle")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +53,16 @@ def _progress(enabled: bool):
 def _human(sol, puzzle) -> str:
     o = sol.order_result
     pr = sol.pair_result
+    b = sol.budget or {}
+    limit = "none" if not b.get("time_limit") else f"{b['time_limit']:g}s"
+    budget = f"time limit {limit}, spent {b.get('spent', 0.0):.2f}s, stopped: {sol.stopped}" + (
+        f" (during {b['stopped_in']})" if b.get("stopped_in") else "")
+    if sol.permutation is None:
+        return "\n".join([
+            f"puzzle     : {puzzle.path or '(given files)'}  N={puzzle.n_blocks} d={puzzle.d} h={puzzle.h} k={puzzle.k} rows={puzzle.n_rows}",
+            f"budget     : {budget}",
+            "answer     : none yet (stopped before any order was found)",
+        ])
     lines = [
         f"puzzle     : {puzzle.path or '(given files)'}  N={puzzle.n_blocks} d={puzzle.d} h={puzzle.h} k={puzzle.k} rows={puzzle.n_rows}",
         f"pairing    : {pr.method}, confident={pr.confident}, min gap {pr.min_gap:.3g}, min margin {min(pr.margin_row.min(), pr.margin_col.min()):.3g}",
@@ -54,6 +70,7 @@ def _human(sol, puzzle) -> str:
         f"search     : start {o.start}, {o.rounds} rounds, moves {o.moves_used or '{}'}, stopped: {sol.stopped}, backend {sol.backend}",
         f"verify     : max abs err {sol.max_abs_err:.3g} (tolerance {sol.tolerance:.3g}), mse {sol.mse:.3g}",
         f"time       : " + ", ".join(f"{k} {v:.2f}s" for k, v in sol.timings.items() if "." not in k),
+        f"budget     : {budget}",
         f"exact      : {sol.exact}",
         f"sha256     : {sol.sha256}",
         f"answer     : {','.join(map(str, sol.permutation))}",
@@ -61,15 +78,45 @@ def _human(sol, puzzle) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _sigint_cancels(token):
+    """While solving, the first Ctrl-C cancels ``token`` (every phase winds down and the best answer so far
+    is printed); a second one raises KeyboardInterrupt at once. Outside this block Ctrl-C is Python's."""
+    def handler(signum, frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel(INTERRUPTED)
+        print("interrupted: stopping, printing the best answer so far (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (main() called from a thread): keep Python's handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _no_answer_payload(reason: str, phase: str) -> dict:
+    return {"permutation": None, "sha256": None, "exact": False, "stopped": reason,
+            "budget": {"stopped": reason, "stopped_in": phase}}
+
+
 def _solve_and_print(args, puzzle) -> int:
+    from .cancel import CancelToken
     from .safeio import atomic_write_text
     from .solver import solve
 
     show = not args.quiet and sys.stderr.isatty()
     update, bar = _progress(show)
+    token = CancelToken()  # the time limit is solve()'s (a child token)
+    limit = None if not args.time_limit else args.time_limit
     try:
-        sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=args.time_limit, bt=args.bt, progress=update,
-                    kicks=args.kicks, starts=args.starts, search_rows=args.search_rows)
+        with _sigint_cancels(token):
+            sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=limit, token=token, bt=args.bt,
+                        progress=update, kicks=args.kicks, starts=args.starts, search_rows=args.search_rows)
     finally:
         if bar is not None:
             bar.close()
@@ -83,7 +130,8 @@ def _solve_and_print(args, puzzle) -> int:
 
         write_report(args.report, puzzle, sol)
     if sol.stopped == "interrupted":
-        print("interrupted: printed the best answer so far", file=sys.stderr)
+        what = "the best answer so far" if sol.permutation is not None else "that no answer exists yet"
+        print(f"interrupted: printed {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.expect_sha256 and sol.sha256 != args.expect_sha256.lower():
         print(f"answer sha256 {sol.sha256} does not match --expect-sha256 {args.expect_sha256}", file=sys.stderr)
@@ -97,7 +145,9 @@ def _add_solve_options(p):
     p.add_argument("--seed", type=int, default=0, help="seed for row sampling and search kicks (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "cpp", "triton"])
     p.add_argument("--expect-sha256", metavar="HEX", help="exit 1 unless the answer has this sha256")
-    p.add_argument("--time-limit", type=float, metavar="S", help="stop searching after S seconds (best so far, exit 1 if not exact)")
+    p.add_argument("--time-limit", type=float, metavar="S", default=DEFAULT_TIME_LIMIT,
+                   help=f"time budget for the whole solve in seconds (default {DEFAULT_TIME_LIMIT:g}; 0 = none); "
+                        "when it runs out the best answer so far is printed (exit 1 if not exact)")
     p.add_argument("--bt", action="store_true", help="also run the paper's Bradley-Terry ranking step as a seed")
     p.add_argument("--kicks", type=int, default=30, help="random restarts per start when stuck (default 30)")
     p.add_argument("--starts", type=int, default=3, help="distinct seeds the search may start from (default 3)")
@@ -161,7 +211,8 @@ def _info() -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s",
+                        force=True)
     try:
         if args.cmd == "info":
             return _info()
@@ -175,6 +226,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         from .puzzle import load_puzzle
 
+        phase = "load"
+        log.info("phase load")
+        if os.environ.get("UNSHUFFLE_TEST_HOLD") == "load":  # test hook: hold here (bounded) for a Ctrl-C
+            time.sleep(60)
         if args.cmd == "demo":
             from .generate import make_puzzle
 
@@ -198,10 +253,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BackendUnavailable as exc:
         print(f"unshuffle: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before the solve began (loading, generating): no answer exists yet
+        if getattr(args, "json", False):
+            print(json.dumps(_no_answer_payload(INTERRUPTED, locals().get("phase", "setup"))), flush=True)
+        print("interrupted: no answer yet (stopped while loading)", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
+def run() -> None:
+    """Console entry point: ``main()``, then exit. After an interrupt the process ends at once (os._exit,
+    once stdout/stderr are flushed and every file is written): tearing down torch and friends can take
+    seconds on a loaded machine, and Ctrl-C should feel immediate."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

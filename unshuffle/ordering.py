@@ -6,6 +6,7 @@ scored on a row subsample with prefix-activation caching; the final order is ver
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -15,12 +16,15 @@ import torch
 
 from . import moves as mv
 from .backends import get_scorer
+from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken, Cancelled
 from .pairing import PairResult, pair
 from .puzzle import Puzzle
 from .reference import final_sse
 from .search import DEFAULT_SCHEDULE, local_search, local_search_native
 
 EPS32 = float(np.finfo(np.float32).eps)
+
+log = logging.getLogger("unshuffle")
 
 
 @dataclass
@@ -78,7 +82,8 @@ def greedy_seed(X, W_in, b_in, W_out, b_out, out_of: Sequence[int]) -> List[int]
     return order
 
 
-def insertion_seed(scorer, X, target, weights, out_of: Sequence[int], priority: Sequence[int]) -> List[int]:
+def insertion_seed(scorer, X, target, weights, out_of: Sequence[int], priority: Sequence[int],
+                   token: Optional[CancelToken] = None) -> List[int]:
     """Insertion construction (NEH, from flow-shop scheduling): take blocks in ``priority`` order and insert
     each where the partial network (the blocks placed so far, in order; the others skipped) fits ``target``
     best. Every insertion position is one candidate of the scoring contract, scored from the partial
@@ -86,6 +91,8 @@ def insertion_seed(scorer, X, target, weights, out_of: Sequence[int], priority: 
     W_in, b_in, W_out, b_out = weights[:4]
     seq = [int(priority[0])]
     for blk in priority[1:]:
+        if token is not None:
+            token.check()
         blk = int(blk)
         n = len(seq)
         prefix = scorer.forward_prefixes(X, seq, [out_of[a] for a in seq], W_in, b_in, W_out, b_out)
@@ -184,6 +191,8 @@ def order(
     native: bool = True,
     insertion_trigger: float = 0.01,
     progress=None,
+    token: Optional[CancelToken] = None,
+    on_best=None,
 ) -> OrderResult:
     """Find the execution order of the paired blocks.
 
@@ -195,9 +204,18 @@ def order(
     many distinct seeds (best MSE first) the search may start from before it gives up at a local optimum.
     ``kicks`` random insertions per start escape local optima (docs/SEARCH.md). With the cpp backend the
     round loop runs in C++ (``native``); other backends use the Python loop with their scorer. The insertion
-    seed is built when the best cheap seed's MSE exceeds ``insertion_trigger`` x var(pred) (0 = always)."""
+    seed is built when the best cheap seed's MSE exceeds ``insertion_trigger`` x var(pred) (0 = always).
+
+    ``token`` (a ``CancelToken``; one per solve) stops every phase: a cancel or a passed deadline ends the
+    search with the best order so far and ``stopped`` 'interrupted' / 'time_limit' (also when a later
+    restart, not the best one, was the one stopped). ``time_limit`` adds a deadline of its own. A stop
+    before any order exists raises ``Cancelled``. ``on_best(order_in, order_out)`` is called whenever a
+    better order is known (best seed, then each restart's result), so a caller can report it if stopped."""
     timings: Dict[str, float] = {}
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    if token is None:
+        token = CancelToken(time_limit)
+    elif time_limit is not None:
+        token = token.limited(time_limit)
     if pairing is None:
         pairing = pair(puzzle)
     scorer = get_scorer(backend)
@@ -214,15 +232,23 @@ def order(
         return final_sse(x, puzzle.W_last, puzzle.b_last, target) / nvals
 
     t = time.perf_counter()
+    token.check()
     cands = seeds(X, target, weights, out_of, scorer)
     seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
     # The insertion seed costs ~N^3/6 block passes: build it only when the cheap seeds are poor (MSE above
     # 1% of pred's variance; on the public puzzle greedy is at 0.2% and search finishes it in one round).
     if min(seed_mse.values()) > insertion_trigger * float(target.double().var(dim=0).mean()):
-        cands["insertion"] = insertion_seed(scorer, X, target, weights, out_of, update_priority(X, weights, out_of))
-        seed_mse["insertion"] = mse_of(cands["insertion"], [out_of[a] for a in cands["insertion"]])
+        try:
+            cands["insertion"] = insertion_seed(scorer, X, target, weights, out_of,
+                                                update_priority(X, weights, out_of), token=token)
+            seed_mse["insertion"] = mse_of(cands["insertion"], [out_of[a] for a in cands["insertion"]])
+        except Cancelled:
+            pass  # the cheap seeds stand; the search below returns at once with the stop reason
     timings["seeds"] = time.perf_counter() - t
-    if bt and (deadline is None or time.perf_counter() < deadline):
+    if on_best is not None:
+        b = min(seed_mse, key=seed_mse.get)
+        on_best(list(cands[b]), [out_of[a] for a in cands[b]])
+    if bt and token.reason() is None:
         t = time.perf_counter()
         best_seed = min(seed_mse, key=seed_mse.get)
         o = cands[best_seed]
@@ -235,15 +261,16 @@ def order(
     # Portfolio: search from the best seed; if that ends at a local optimum, restart from the next distinct one.
     best, start, tried, runs = None, None, set(), []
     rounds = scored = block_rows = 0
+    stopped_by = None  # a cancel or deadline in any restart ends the whole search with that reason
     for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
         o_in = cands[name]
         if tuple(o_in) in tried:
             continue
         tried.add(tuple(o_in))
         kw = dict(schedule=schedule, stop_loss=stop, max_rounds=max_rounds, kicks=kicks, seed=seed,
-                  time_limit=None if deadline is None else max(0.0, deadline - time.perf_counter()),
-                  progress=progress, multi=multi)
+                  progress=progress, multi=multi, token=token)
         o_out = [out_of[a] for a in o_in]
+        log.info("search start from %s", name)
         if scorer.name == "cpp" and native:  # the whole round loop in C++ (same trajectory, no Python per round)
             res = local_search_native(X, target, *weights, o_in, o_out, **kw)
         else:
@@ -252,9 +279,14 @@ def order(
         runs.append((name, res.loss / nvals, res.stopped, res.rounds))
         if best is None or res.loss < best.loss:
             best, start = res, name
-        if res.stopped in ("exact", "time_limit", "interrupted"):
+            if on_best is not None:
+                on_best(list(res.order_in), list(res.order_out))
+        if res.stopped in (TIME_LIMIT, INTERRUPTED):
+            stopped_by = res.stopped
+        if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
             break
     res = best
+    stopped = res.stopped if res.stopped == "exact" or stopped_by is None else stopped_by
     timings["search"] = time.perf_counter() - t
     return OrderResult(
         order=res.order_in,
@@ -266,7 +298,7 @@ def order(
         rounds=rounds,
         candidates_scored=scored,
         block_rows=block_rows,
-        stopped=res.stopped,
+        stopped=stopped,
         backend=scorer.name,
         search_rows=int(X.shape[0]),
         repaired=[out_of[a] for a in res.order_in] != list(res.order_out),
@@ -274,3 +306,4 @@ def order(
         seed_orders={k: list(v) for k, v in cands.items()},
         runs=runs,
     )
+

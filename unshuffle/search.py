@@ -1,8 +1,9 @@
 """The local-search round loop (reference semantics of docs/SEARCH.md), driving any scorer backend.
 
 The C++ core runs the same loop without Python in it (``unshuffle._core.local_search``); this one is the
-reference it is tested against, and the loop used with the torch and Triton scorers. It supports a time
-limit, Ctrl-C (returns the best so far) and a progress callback.
+reference it is tested against, and the loop used with the torch and Triton scorers. Both stop on a
+``CancelToken`` (cancel or deadline), on Ctrl-C and on ``time_limit``, returning the best order so far, and
+take a progress callback.
 """
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from . import moves as mv
+from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken
 from .reference import final_sse
 
 DEFAULT_SCHEDULE = ((mv.ADJACENT,), (mv.SWAP, mv.INSERT), (mv.REPAIR,))
+
+#: Kick redraws per kick before the search gives up as 'local_optimum' (every nearby kick already visited).
+#: The C++ core uses 2**24: it redraws a thousand times faster.
+MAX_KICK_DRAWS = 100_000
 
 
 @dataclass
@@ -50,8 +56,11 @@ def local_search(
     time_limit: Optional[float] = None,
     progress: Optional[Callable[[int, str, float], None]] = None,
     multi: bool = False,
+    token: Optional[CancelToken] = None,
 ) -> SearchOutcome:
-    """Best-improvement local search over the schedule's move sets; see docs/SEARCH.md."""
+    """Best-improvement local search over the schedule's move sets; see docs/SEARCH.md. Stops with the best
+    order so far when ``token`` is cancelled ('interrupted') or past its deadline, after ``time_limit``
+    seconds ('time_limit'), or on Ctrl-C ('interrupted'; the token, if given, is cancelled too)."""
     t0 = time.perf_counter()
     n = len(order_in)
     R = int(X.shape[0])
@@ -71,21 +80,29 @@ def local_search(
             if out.rounds >= max_rounds:
                 out.stopped = "max_rounds"
                 break
-            if time_limit is not None and time.perf_counter() - t0 > time_limit:
-                out.stopped = "time_limit"
+            why = token.reason() if token is not None else None
+            if why is None and time_limit is not None and time.perf_counter() - t0 > time_limit:
+                why = TIME_LIMIT
+            if why is not None:
+                out.stopped = why
                 break
             if level >= len(schedule):
                 if kicks_left <= 0 or n < 3:
                     out.stopped = "local_optimum"
                     break
                 kicks_left -= 1
-                while True:
+                found = False
+                for _ in range(MAX_KICK_DRAWS):  # bounded: with n = 3 every kick may already be visited
                     i, j = rng.next() % n, rng.next() % n
                     if abs(i - j) < 2:
                         continue
                     ki, ko = mv.apply_move(oi, oo, mv.KICK, i, j)
                     if mv.ordering_hash(ki, ko) not in visited:
+                        found = True
                         break
+                if not found:
+                    out.stopped = "local_optimum"
+                    break
                 oi, oo = ki, ko
                 visited.add(mv.ordering_hash(oi, oo))
                 prefix = scorer.forward_prefixes(X, oi, oo, W_in, b_in, W_out, b_out)
@@ -135,7 +152,9 @@ def local_search(
             else:
                 level += 1
     except KeyboardInterrupt:
-        out.stopped = "interrupted"
+        out.stopped = INTERRUPTED
+        if token is not None:
+            token.cancel(INTERRUPTED)
     if cur < out.loss:
         out.order_in, out.order_out, out.loss = list(oi), list(oo), cur
     return out
@@ -158,14 +177,15 @@ def _combine_adjacent(moves, losses, cur: float):
 def local_search_native(
     X, target, W_in, b_in, W_out, b_out, W_last, b_last, order_in, order_out,
     schedule=DEFAULT_SCHEDULE, stop_loss=0.0, max_rounds=10_000, kicks=0, seed=0, time_limit=None,
-    progress=None, multi=False, poll=0.1,
+    progress=None, multi=False, poll=0.1, token: Optional[CancelToken] = None,
 ) -> SearchOutcome:
     """The same search run entirely in the C++ core (``unshuffle._core.local_search``, GIL released).
 
     It runs in a worker thread so that Ctrl-C still works: the main thread waits, and on KeyboardInterrupt
-    asks the core to stop (``request_stop``), which returns the best order so far as 'interrupted'.
-    ``progress`` (if given) is called with the elapsed seconds while waiting; the core reports no moves
-    until it returns."""
+    cancels the token, whose core flag the search polls once per scored work item; the core then returns
+    the best order so far as 'interrupted' within microseconds. ``token`` (one per solve; a private one if
+    None) also carries the deadline. The flag is never cleared, so a second Ctrl-C cannot leave the worker
+    running. ``progress`` (if given) is called with the elapsed seconds while waiting."""
     import threading
 
     import numpy as np
@@ -175,9 +195,11 @@ def local_search_native(
     f = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
     args = [f(X), f(target), f(W_in), f(b_in), f(W_out), f(b_out), f(W_last), f(b_last),
             np.asarray(order_in, dtype=np.int64), np.asarray(order_out, dtype=np.int64)]
+    token = token if token is not None else CancelToken()
+    limits = [t for t in (time_limit, token.remaining()) if t is not None]
     kw = dict(schedule=[list(s) for s in schedule], stop_loss=float(stop_loss), max_rounds=int(max_rounds),
-              kicks=int(kicks), seed=int(seed), multi=bool(multi),
-              time_limit_s=None if time_limit is None else max(float(time_limit), 1e-9))  # the core wants > 0
+              kicks=int(kicks), seed=int(seed), multi=bool(multi), stop=token.core_flag(),
+              time_limit_s=max(min(limits), 1e-9) if limits else None)  # the core wants > 0
     box = {}
     done = threading.Event()  # waited on instead of Thread.join: an interrupted join can mark the thread finished
 
@@ -189,7 +211,6 @@ def local_search_native(
         finally:
             done.set()
 
-    _core.clear_stop()
     threading.Thread(target=work, name="unshuffle-search", daemon=True).start()
     t0 = time.perf_counter()
     try:
@@ -197,13 +218,12 @@ def local_search_native(
             if progress is not None:
                 progress(-1, "native", time.perf_counter() - t0)
     except KeyboardInterrupt:
-        _core.request_stop()  # the core returns its best order so far as 'interrupted'
-        while not done.wait(poll):
-            pass
-    finally:
-        _core.clear_stop()
+        token.cancel(INTERRUPTED)  # the core returns its best order so far as 'interrupted'
+        done.wait(5.0)  # microseconds in practice; a second Ctrl-C here propagates, the flag stays set
     if "exc" in box:
         raise box["exc"]
+    if "res" not in box:  # the worker did not answer in time: its flag is set, so it still stops
+        raise KeyboardInterrupt
     r = box["res"]
     hist = [(int(h[0]), int(h[1]), int(h[2]), int(h[3]), float(h[4]), int(h[5])) for h in np.asarray(r["history"]).reshape(-1, 6)]
     return SearchOutcome(

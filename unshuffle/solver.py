@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .cancel import DEFAULT_TIME_LIMIT, INTERRUPTED, TIME_LIMIT, Budget, Cancelled, CancelToken
 from .ordering import EPS32, OrderResult, order
 from .pairing import PairResult, pair
 from .puzzle import Puzzle, load_puzzle
+
+log = logging.getLogger("unshuffle")
 
 
 def answer_sha256(permutation: Sequence[int]) -> str:
@@ -60,10 +65,14 @@ def verify(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int]) ->
 
 @dataclass
 class Solution:
-    """Result of ``solve()``. ``permutation``: piece ids in execution order (inp_1, out_1, ..., last)."""
+    """Result of ``solve()``. ``permutation``: piece ids in execution order (inp_1, out_1, ..., last); None
+    (with ``sha256`` None and ``exact`` False) only when the solve was stopped before any order existed.
+    ``stopped``: why the search ended (exact, local_optimum, max_rounds, time_limit, interrupted);
+    ``budget``: how the time budget was spent (see ``cancel.Budget``); ``verified``: False when the answer was
+    returned without the all-rows check (a second interrupt during the solve)."""
 
-    permutation: List[int]
-    sha256: str
+    permutation: Optional[List[int]]
+    sha256: Optional[str]
     exact: bool
     max_abs_err: float
     mse: float
@@ -75,6 +84,8 @@ class Solution:
     timings: Dict[str, float]
     stopped: str
     seed: int
+    budget: Dict[str, object] = field(default_factory=dict)
+    verified: bool = True
     pair_result: Optional[PairResult] = field(default=None, repr=False)
     order_result: Optional[OrderResult] = field(default=None, repr=False)
 
@@ -98,70 +109,148 @@ class Solution:
         return d
 
 
+class _Tracker:
+    """Phase timing, the phase hook and the best answer so far for one solve()."""
+
+    def __init__(self, token: CancelToken, on_phase: Optional[Callable[[str], None]]):
+        self.token, self.on_phase = token, on_phase
+        self.timings: Dict[str, float] = {}
+        self.phase: Optional[str] = None
+        self._t = time.perf_counter()
+        self.best = None  # (PairResult, order_in, order_out, OrderResult or None)
+        self._hold = os.environ.get("UNSHUFFLE_TEST_HOLD", "")
+
+    def enter(self, name: str, check: bool = True) -> None:
+        self.leave()
+        self.phase, self._t = name, time.perf_counter()
+        log.info("phase %s", name)
+        if self.on_phase is not None:
+            self.on_phase(name)
+        if self._hold == name:  # test hook: hold here until cancelled (bounded), so signal tests need no sleeps
+            self.token.wait(60.0)
+        if check:
+            self.token.check()
+
+    def leave(self) -> None:
+        if self.phase is not None:
+            self.timings[self.phase] = self.timings.get(self.phase, 0.0) + time.perf_counter() - self._t
+            self.phase = None
+
+
 def solve(
     puzzle: Union[Puzzle, str, Path],
     *,
     backend: str = "auto",
     seed: int = 0,
-    time_limit: Optional[float] = None,
+    time_limit: Optional[float] = DEFAULT_TIME_LIMIT,
+    token: Optional[CancelToken] = None,
     bt: bool = False,
     pairing_methods: Sequence[str] = ("trace", "ratio", "unitnorm", "data_norm", "data_dot"),
     progress=None,
+    on_phase: Optional[Callable[[str], None]] = None,
     **order_kwargs,
 ) -> Solution:
     """Load (if given a path), pair, order and verify. ``exact`` is True only when the answer reproduces
     pred on every row within the float32 tolerance (see ``Verification``). ``pairing_methods``: the first
     pairs the blocks; when the search cannot make that exact, each next method's distinct pairing is
-    searched in turn (the order's search can also re-pair blocks itself)."""
+    searched in turn (the order's search can also re-pair blocks itself).
+
+    Budget and interrupts: ``time_limit`` seconds (default ``DEFAULT_TIME_LIMIT`` = 600; None or 0: none)
+    bound the whole solve, checked in every phase. ``token`` (a ``CancelToken``) lets another thread or a
+    signal handler stop it. A stop anywhere (cancel, deadline or Ctrl-C) returns the best answer so far,
+    verified on every row when one exists (``stopped`` says why; ``budget`` says where the time went and
+    which phase was running); ``permutation`` is None if no order existed yet. ``on_phase(name)`` is called
+    as each phase starts (load, pair, order, verify, fallback.<method>)."""
+    token = CancelToken(time_limit) if token is None else token.limited(time_limit)
+    tr = _Tracker(token, on_phase)
     t0 = time.perf_counter()
-    timings: Dict[str, float] = {}
-    if not isinstance(puzzle, Puzzle):
-        puzzle = load_puzzle(puzzle)
-        timings["load"] = time.perf_counter() - t0
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
-    t = time.perf_counter()
-    pr = pair(puzzle, pairing_methods[0])
-    timings["pair"] = time.perf_counter() - t
-    t = time.perf_counter()
-    orr = order(puzzle, pr, backend=backend, seed=seed, time_limit=time_limit, bt=bt, progress=progress, **order_kwargs)
-    timings["order"] = time.perf_counter() - t
-    timings.update({f"order.{k}": v for k, v in orr.timings.items()})
-    t = time.perf_counter()
-    v = verify(puzzle, orr.order, orr.order_out)
-    timings["verify"] = time.perf_counter() - t
-    # Fallback pairings: a network trained differently may lack the diagonal signal; each distinct pairing
-    # from another signal gets a full order() until one verifies exact (the data decides, not the weights).
-    tried = {tuple(pr.out_of)}
-    for method in pairing_methods[1:]:
-        if v.exact or orr.stopped == "interrupted" or (deadline is not None and time.perf_counter() >= deadline):
-            break
-        t = time.perf_counter()
-        alt = pair(puzzle, method)
-        if tuple(alt.out_of) in tried:
-            continue
-        tried.add(tuple(alt.out_of))
-        left = None if deadline is None else max(0.0, deadline - time.perf_counter())
-        o2 = order(puzzle, alt, backend=backend, seed=seed, time_limit=left, bt=bt, progress=progress, **order_kwargs)
-        v2 = verify(puzzle, o2.order, o2.order_out)
-        timings[f"fallback.{method}"] = time.perf_counter() - t
-        if v2.exact or v2.mse < v.mse:
-            pr, orr, v = alt, o2, v2
-    timings["total"] = time.perf_counter() - t0
-    perm = puzzle.answer(orr.order, orr.order_out)
+    stopped: Optional[str] = None
+    stopped_in: Optional[str] = None
+    verified = True
+    v: Optional[Verification] = None
+    v_of = None  # the order v verified
+    try:
+        if not isinstance(puzzle, Puzzle):
+            tr.enter("load")
+            puzzle = load_puzzle(puzzle)
+        tr.enter("pair")
+        pr = pair(puzzle, pairing_methods[0])
+        tr.enter("order")
+        orr = order(puzzle, pr, backend=backend, seed=seed, bt=bt, progress=progress, token=token,
+                    on_best=lambda oi, oo: setattr(tr, "best", (pr, oi, oo, None)), **order_kwargs)
+        tr.best = (pr, orr.order, orr.order_out, orr)
+        tr.enter("verify", check=False)  # the answer found so far is verified even after a stop
+        v = verify(puzzle, orr.order, orr.order_out)
+        v_of = (list(orr.order), list(orr.order_out))
+        stopped = orr.stopped
+        # Fallback pairings: a network trained differently may lack the diagonal signal; each distinct
+        # pairing from another signal gets a full order() until one verifies exact (the data decides).
+        tried = {tuple(pr.out_of)}
+        for method in pairing_methods[1:]:
+            if v.exact or stopped in (INTERRUPTED, TIME_LIMIT):
+                break
+            tr.enter(f"fallback.{method}")
+            alt = pair(puzzle, method)
+            if tuple(alt.out_of) in tried:
+                continue
+            tried.add(tuple(alt.out_of))
+            o2 = order(puzzle, alt, backend=backend, seed=seed, bt=bt, progress=progress, token=token, **order_kwargs)
+            v2 = verify(puzzle, o2.order, o2.order_out)
+            if o2.stopped in (INTERRUPTED, TIME_LIMIT):
+                stopped = o2.stopped
+            if v2.exact or v2.mse < v.mse:
+                pr, orr, v = alt, o2, v2
+                v_of = (list(orr.order), list(orr.order_out))
+                tr.best = (pr, orr.order, orr.order_out, orr)
+                if v2.exact:
+                    stopped = o2.stopped
+        if stopped in (INTERRUPTED, TIME_LIMIT):
+            stopped_in = "order"
+    except Cancelled as exc:
+        stopped, stopped_in = exc.reason, tr.phase
+    except KeyboardInterrupt:  # a Ctrl-C not turned into a cancel (no handler) or a second one: stop now
+        token.cancel(INTERRUPTED)
+        stopped, stopped_in = INTERRUPTED, tr.phase
+    tr.leave()
+    budget = Budget(time_limit=token.time_limit, stopped=stopped or "", stopped_in=stopped_in)
+    if tr.best is None:  # stopped before any order existed
+        budget.spent, budget.phases = time.perf_counter() - t0, dict(tr.timings)
+        nan = float("nan")
+        return Solution(permutation=None, sha256=None, exact=False, max_abs_err=nan, mse=nan, tolerance=nan,
+                        fp_noise=nan, pairs=[], order=[], backend="", timings={**tr.timings, "total": budget.spent},
+                        stopped=stopped or INTERRUPTED, seed=seed, budget=budget.to_dict(), verified=False)
+    pr, o_in, o_out, orr = tr.best
+    if v is None or v_of != (list(o_in), list(o_out)):
+        try:  # an answer found before the stop is still checked on every row (fast; not interruptible)
+            t = time.perf_counter()
+            v = verify(puzzle, o_in, o_out)
+            tr.timings["verify"] = tr.timings.get("verify", 0.0) + time.perf_counter() - t
+        except KeyboardInterrupt:
+            verified = False
+    total = time.perf_counter() - t0
+    timings = dict(tr.timings)
+    if orr is not None:
+        timings.update({f"order.{k}": val for k, val in orr.timings.items()})
+    timings["total"] = total
+    budget.spent, budget.phases = total, dict(tr.timings)
+    perm = puzzle.answer(o_in, o_out)
+    nan = float("nan")
     return Solution(
         permutation=perm,
         sha256=answer_sha256(perm),
-        exact=v.exact,
-        max_abs_err=v.max_abs_err,
-        mse=v.mse,
-        tolerance=v.tolerance,
-        fp_noise=v.fp_noise,
-        pairs=[[puzzle.inp_ids[a], puzzle.out_ids[b]] for a, b in zip(orr.order, orr.order_out)],
-        order=[puzzle.inp_ids[a] for a in orr.order],
-        backend=orr.backend,
+        exact=bool(v.exact) if (v is not None and verified) else False,
+        max_abs_err=v.max_abs_err if v is not None and verified else nan,
+        mse=v.mse if v is not None and verified else nan,
+        tolerance=v.tolerance if v is not None and verified else nan,
+        fp_noise=v.fp_noise if v is not None and verified else nan,
+        pairs=[[puzzle.inp_ids[a], puzzle.out_ids[b]] for a, b in zip(o_in, o_out)],
+        order=[puzzle.inp_ids[a] for a in o_in],
+        backend=orr.backend if orr is not None else "",
         timings=timings,
-        stopped=orr.stopped,
+        stopped=stopped or (orr.stopped if orr is not None else INTERRUPTED),
         seed=seed,
+        budget=budget.to_dict(),
+        verified=verified,
         pair_result=pr,
         order_result=orr,
     )

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "beam.hpp"
 #include "scorer.hpp"
 #include "search.hpp"
 #include "stop.hpp"
@@ -311,6 +312,84 @@ py::dict local_search_py(py::array X, py::array target, py::array W_in, py::arra
   return out;
 }
 
+int parse_features(const std::string& fn, const std::string& features) {
+  if (features == "linear") return kProbeLinear;
+  if (features == "quadratic") return kProbeQuadratic;
+  fail(fn, "features must be 'linear' or 'quadratic', got '" + features + "'");
+}
+
+double probe_sse_py(py::array x, py::array target, const std::string& features, double ridge) {
+  const std::string fn = "probe_sse";
+  auto xs = check(x, fn, "x", true, 2, "(R, d)");
+  auto ts = check(target, fn, "target", true, 2, "(R, k)");
+  expect_shape(fn, "target", target, {xs[0], ts[1]}, "(R, k): one row per row of x");
+  const int f = parse_features(fn, features);
+  if (!(ridge >= 0)) fail(fn, "ridge must be >= 0");
+  py::gil_scoped_release nogil;
+  Probe p(xs[1], ts[1], f, ridge);
+  return p.sse(ptr<float>(x), xs[0], ptr<float>(target));
+}
+
+py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
+                       py::array b_out, py::array allowed, py::object prefix_in, py::object prefix_out, int64_t width,
+                       const std::string& features, double ridge, int n_threads, const StopFlag* stop,
+                       py::object time_limit_s) {
+  const std::string fn = "probe_beam";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  auto ts = check(target, fn, "target", true, 2, "(R, k)");
+  expect_shape(fn, "target", target, {R, ts[1]}, "(R, k): one row per row of X");
+  const int64_t k = ts[1];
+  auto as = check(allowed, fn, "allowed", false, 2, "(Ni, m)");
+  expect_shape(fn, "allowed", allowed, {s.Ni, as[1]}, "(Ni, m): one row per W_in piece");
+  const int64_t m = as[1];
+  if (m < 1) fail(fn, "allowed must have at least one column");
+  const int64_t* al = ptr<int64_t>(allowed);
+  for (int64_t i = 0; i < s.Ni * m; ++i)
+    if (al[i] < -1 || al[i] >= s.No)
+      fail(fn, "allowed[" + std::to_string(i / m) + ", " + std::to_string(i % m) + "] = " + std::to_string(al[i]) +
+                   " is out of range [-1, " + std::to_string(s.No) + ")");
+  if (s.No < s.Ni) fail(fn, "W_out has fewer pieces than W_in: every block needs one");
+  if (width < 1) fail(fn, "width must be >= 1, got " + std::to_string(width));
+  if (!(ridge >= 0)) fail(fn, "ridge must be >= 0");
+  check_threads(fn, n_threads);
+  std::vector<int64_t> pin, pout;
+  if (prefix_in.is_none() != prefix_out.is_none()) fail(fn, "give both prefix_in and prefix_out, or neither");
+  if (!prefix_in.is_none()) {
+    py::array pi = prefix_in, po = prefix_out;
+    check_order(fn, pi, po, s.Ni, s.No, true);
+    pin.assign(ptr<int64_t>(pi), ptr<int64_t>(pi) + pi.shape(0));
+    pout.assign(ptr<int64_t>(po), ptr<int64_t>(po) + po.shape(0));
+    std::vector<char> ui(static_cast<std::size_t>(s.Ni), 0), uo(static_cast<std::size_t>(s.No), 0);
+    for (std::size_t t = 0; t < pin.size(); ++t) {
+      if (ui[pin[t]]++) fail(fn, "prefix_in repeats piece " + std::to_string(pin[t]));
+      if (uo[pout[t]]++) fail(fn, "prefix_out repeats piece " + std::to_string(pout[t]));
+    }
+  }
+  BeamParams p;
+  p.width = width, p.features = parse_features(fn, features), p.ridge = ridge, p.n_threads = n_threads;
+  const double tl = parse_time_limit(fn, time_limit_s);
+  BeamResult r;
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    const Stopper stopper(stop, tl);
+    r = probe_beam(net, ptr<float>(X), R, ptr<float>(target), k, al, m, pin.data(), pout.data(),
+                   static_cast<int64_t>(pin.size()), p, stopper);
+  }
+  py::dict out;
+  const auto F = static_cast<py::ssize_t>(r.n_final), N = static_cast<py::ssize_t>(r.N);
+  out["orders_in"] = to_array(r.orders_in, {F, N});
+  out["orders_out"] = to_array(r.orders_out, {F, N});
+  out["losses"] = to_array(r.losses, {F});
+  out["best_path"] = to_array(r.best_path, {static_cast<py::ssize_t>(r.best_path.size())});
+  out["candidates"] = r.candidates;
+  out["stopped"] = r.stopped;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -355,4 +434,17 @@ PYBIND11_MODULE(_core, m) {
       .def("set", &StopFlag::set, "Ask every core call holding this flag to stop (best so far is returned).")
       .def("is_set", &StopFlag::is_set);
   py::register_exception<StoppedError>(m, "Stopped", PyExc_RuntimeError);
+  m.def("probe_sse", &probe_sse_py, py::arg("x"), py::arg("target"), py::arg("features") = "quadratic",
+        py::arg("ridge") = 1e-10,
+        "SSE of the least-squares readout target ~ [x, x*x, 1] C ('quadratic') or [x, 1] C ('linear'),\n"
+        "float32 inputs, normal equations in double (see unshuffle.beam.probe_sse_reference).");
+  m.def("probe_beam", &probe_beam_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
+        py::arg("W_out"), py::arg("b_out"), py::arg("allowed"), py::arg("prefix_in") = py::none(),
+        py::arg("prefix_out") = py::none(), py::arg("width") = 16, py::arg("features") = "quadratic",
+        py::arg("ridge") = 1e-10, py::arg("n_threads") = 0, py::arg("stop") = nullptr,
+        py::arg("time_limit_s") = py::none(),
+        "Probe beam search (unshuffle.beam): orders every W_in piece front to back, keeping the `width`\n"
+        "prefixes whose activations give the best least-squares readout of target. allowed (Ni, m) int64:\n"
+        "out pieces each in piece may pair with (-1 = none). Returns dict(orders_in (F, N), orders_out,\n"
+        "losses (F,), best_path, candidates, stopped in {done, interrupted, time_limit}); F = 0 if stopped.");
 }

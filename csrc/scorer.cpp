@@ -303,6 +303,29 @@ void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t*
   }
 }
 
+int simd_width() { return VW; }
+
+void gemm_accumulate(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
+                     int64_t M, int64_t ncols) {
+  static const FloatBuf zeros(4096);  // the micro-kernel adds a bias row; here it is zero
+  for (int64_t j0 = 0; j0 < ncols; j0 += 4096)
+    gemm<false, true>(A, lda, B + j0, ldb, K, zeros.data(), C + j0, ldc, M, std::min<int64_t>(4096, ncols - j0) / VW);
+}
+
+RowApplier::RowApplier(const PackedNet& net, int tile_rows)
+    : net_(net), T_(resolve_tile(tile_rows)), xb_(static_cast<std::size_t>(T_ * net.Dp)),
+      hb_(static_cast<std::size_t>(T_ * net.Hp)) {}
+
+void RowApplier::apply(int64_t a, int64_t b, const float* x, float* y, int64_t R) {
+  const int64_t d = net_.d;
+  for (int64_t r0 = 0; r0 < R; r0 += T_) {
+    const int64_t nr = std::min<int64_t>(T_, R - r0), M = round_up(nr, kRowAlign);
+    load_tile(x + r0 * d, nr, d, net_.Dp, M, xb_.data());
+    apply_block(net_, a, b, xb_.data(), hb_.data(), M);
+    store_tile(xb_.data(), nr, d, net_.Dp, y + r0 * d);
+  }
+}
+
 double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int tile_rows) {
   // Same row tiles, tile layout and reduction order as score_candidates, so a no-op candidate scores
   // bit-identically to the current order.

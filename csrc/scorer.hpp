@@ -75,6 +75,28 @@ int64_t score_candidates(const PackedNet& net, const float* prefix, int64_t R, c
 void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t* order_in, const int64_t* order_out,
                   int64_t N, int64_t p0, int n_threads, int tile_rows = 0);
 
+// Applies blocks to rows one call at a time, single-threaded, with the exact tile arithmetic of forward_from
+// (so its outputs are bit-identical to forward_from's for the same block). Holds its own scratch tiles;
+// one per thread.
+class RowApplier {
+ public:
+  explicit RowApplier(const PackedNet& net, int tile_rows = 0);
+  // y (R, d) = x + W_out[b] relu(W_in[a] x + b_in[a]) + b_out[b]; y may equal x.
+  void apply(int64_t a, int64_t b, const float* x, float* y, int64_t R);
+
+ private:
+  const PackedNet& net_;
+  int T_;
+  FloatBuf xb_, hb_;
+};
+
+// C (M, ncols) += A (M, K) B (K, ncols), float32, with the scorer's SIMD micro-kernels. Row-major with leading
+// dimensions lda/ldb/ldc; M must be a multiple of kRowAlign and ncols of simd_width(); B and C 64-byte aligned
+// with ldb, ldc multiples of simd_width().
+void gemm_accumulate(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
+                     int64_t M, int64_t ncols);
+int simd_width();
+
 // Loss of the rows x (R, d) under the head, with the same tiling/reduction order as score_candidates.
 double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int tile_rows = 0);
 

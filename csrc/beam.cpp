@@ -1,0 +1,246 @@
+#include "beam.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <numeric>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace unshuffle {
+
+namespace {
+constexpr int64_t kProbeTile = 64;  // rows per float Gram tile (then added into the double normal equations)
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+}  // namespace
+
+Probe::Probe(int64_t d, int64_t k, int features, double ridge)
+    : d_(d), k_(k), nf_(features == kProbeQuadratic ? 2 * d + 1 : d + 1), features_(features), ridge_(ridge) {
+  na_ = nf_ + k_;
+  Np_ = round_up(na_, simd_width());
+  Mp_ = round_up(na_, kRowAlign);
+  F_ = FloatBuf(static_cast<std::size_t>(kProbeTile * Np_));
+  FT_ = FloatBuf(static_cast<std::size_t>(Mp_ * kProbeTile));
+  Gt_ = FloatBuf(static_cast<std::size_t>(Mp_ * Np_));
+  f_.resize(static_cast<std::size_t>(nf_));
+  G_.resize(static_cast<std::size_t>(na_ * na_));
+  C_.resize(static_cast<std::size_t>(nf_ * k_));
+  scale_.resize(static_cast<std::size_t>(nf_));
+  y_.resize(static_cast<std::size_t>(nf_));
+  dropped_.resize(static_cast<std::size_t>(nf_));
+}
+
+void Probe::row_features(const float* x, float* f) const {
+  for (int64_t j = 0; j < d_; ++j) f[j] = x[j];
+  if (features_ == kProbeQuadratic)
+    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = x[j] * x[j];
+  f[nf_ - 1] = 1.f;
+}
+
+double Probe::sse(const float* x, int64_t R, const float* target) {
+  const int64_t nf = nf_, k = k_, na = na_, Np = Np_, Mp = Mp_;
+  // Normal equations [F T]^T [F T] for F = features: one SIMD GEMM per tile of rows, summed in double.
+  std::fill(G_.begin(), G_.end(), 0.0);
+  float* F = F_.data();
+  float* FT = FT_.data();
+  float* Gt = Gt_.data();
+  for (int64_t r0 = 0; r0 < R; r0 += kProbeTile) {
+    const int64_t nr = std::min<int64_t>(kProbeTile, R - r0);
+    std::fill(F, F + kProbeTile * Np, 0.f);
+    for (int64_t r = 0; r < nr; ++r) {
+      row_features(x + (r0 + r) * d_, F + r * Np);
+      for (int64_t o = 0; o < k; ++o) F[r * Np + nf + o] = target[(r0 + r) * k + o];
+    }
+    std::fill(FT, FT + Mp * kProbeTile, 0.f);
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t i = 0; i < na; ++i) FT[i * kProbeTile + r] = F[r * Np + i];
+    std::fill(Gt, Gt + Mp * Np, 0.f);
+    gemm_accumulate(FT, kProbeTile, F, Np, kProbeTile, Gt, Np, Mp, Np);
+    for (int64_t i = 0; i < na; ++i)
+      for (int64_t j = 0; j < na; ++j) G_[i * na + j] += Gt[i * Np + j];
+  }
+  // Scale the feature block to unit diagonal, add a tiny ridge, Cholesky in place (lower triangle). A pivot
+  // that vanishes marks an exactly dependent feature: its row and column become the identity's and its
+  // coefficient 0, which keeps every inner loop a branch-free dot product.
+  double* G = G_.data();
+  for (int64_t i = 0; i < nf; ++i) {
+    const double g = G[i * na + i];
+    scale_[i] = g > 0 ? 1.0 / std::sqrt(g) : 0.0;
+  }
+  for (int64_t i = 0; i < nf; ++i)
+    for (int64_t j = 0; j <= i; ++j) G[i * na + j] *= scale_[i] * scale_[j];
+  for (int64_t j = 0; j < nf; ++j) {
+    double* Lj = G + j * na;
+    double diag = Lj[j] + ridge_;
+    for (int64_t p = 0; p < j; ++p) diag -= Lj[p] * Lj[p];
+    dropped_[j] = !(scale_[j] > 0.0 && diag > 1e-12);
+    if (dropped_[j]) {
+      for (int64_t p = 0; p < j; ++p) Lj[p] = 0.0;
+      Lj[j] = 1.0;
+      for (int64_t i = j + 1; i < nf; ++i) G[i * na + j] = 0.0;
+      continue;
+    }
+    const double ljj = std::sqrt(diag);
+    Lj[j] = ljj;
+    for (int64_t i = j + 1; i < nf; ++i) {
+      double* Li = G + i * na;
+      double v = Li[j];
+      for (int64_t p = 0; p < j; ++p) v -= Li[p] * Lj[p];
+      Li[j] = v / ljj;
+    }
+  }
+  for (int64_t o = 0; o < k; ++o) {  // C = S (L L^T)^-1 S rhs, rhs = F^T t (column nf + o of the Gram)
+    for (int64_t i = 0; i < nf; ++i) {
+      double v = dropped_[i] ? 0.0 : G[i * na + nf + o] * scale_[i];
+      const double* Li = G + i * na;
+      for (int64_t p = 0; p < i; ++p) v -= Li[p] * y_[p];
+      y_[i] = v / Li[i];
+    }
+    for (int64_t i = nf - 1; i >= 0; --i) {
+      double v = y_[i];
+      for (int64_t p = i + 1; p < nf; ++p) v -= G[p * na + i] * y_[p];
+      y_[i] = v / G[i * na + i];
+    }
+    for (int64_t i = 0; i < nf; ++i) C_[i * k + o] = dropped_[i] ? 0.0 : y_[i] * scale_[i];
+  }
+  // Second pass: the residual itself (accurate even when C is slightly off: the SSE is stationary in C).
+  double s = 0.0;
+  float* f = f_.data();
+  for (int64_t r = 0; r < R; ++r) {
+    row_features(x + r * d_, f);
+    for (int64_t o = 0; o < k; ++o) {
+      double p = 0.0;
+      for (int64_t i = 0; i < nf; ++i) p += static_cast<double>(f[i]) * C_[i * k + o];
+      const double e = static_cast<double>(target[r * k + o]) - p;
+      s += e * e;
+    }
+  }
+  return s;
+}
+
+namespace {
+
+struct State {
+  std::vector<int64_t> oin, oout;
+  std::vector<char> used_in, used_out;
+  std::vector<float> x;  // (R, d) activations after the prefix
+};
+
+struct Cand {
+  int32_t s;  // parent state
+  int64_t a, b;
+};
+
+int threads_for(int n_threads) {
+#ifdef _OPENMP
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+  (void)n_threads;
+  return 1;
+#endif
+}
+
+}  // namespace
+
+BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const float* target, int64_t k,
+                      const int64_t* allowed, int64_t m, const int64_t* prefix_in, const int64_t* prefix_out,
+                      int64_t P0, const BeamParams& P, const Stopper& stop) {
+  const int64_t N = net.Ni, d = net.d;
+  BeamResult res;
+  res.N = N;
+  const double nvals = static_cast<double>(R * k);
+  State root;
+  root.used_in.assign(static_cast<std::size_t>(N), 0);
+  root.used_out.assign(static_cast<std::size_t>(net.No), 0);
+  root.x.assign(X, X + R * d);
+  {
+    RowApplier ap(net);
+    for (int64_t p = 0; p < P0; ++p) {
+      root.oin.push_back(prefix_in[p]), root.oout.push_back(prefix_out[p]);
+      root.used_in[prefix_in[p]] = 1, root.used_out[prefix_out[p]] = 1;
+      ap.apply(prefix_in[p], prefix_out[p], root.x.data(), root.x.data(), R);
+    }
+  }
+  std::vector<State> states;
+  states.push_back(std::move(root));
+  const int nt = threads_for(P.n_threads);
+  std::vector<Cand> cands;
+  std::vector<double> losses;
+  std::vector<int64_t> idx;
+  for (int64_t depth = P0; depth < N; ++depth) {
+    cands.clear();
+    for (int32_t s = 0; s < static_cast<int32_t>(states.size()); ++s)
+      for (int64_t a = 0; a < N; ++a) {
+        if (states[s].used_in[a]) continue;
+        for (int64_t j = 0; j < m; ++j) {
+          const int64_t b = allowed[a * m + j];
+          if (b >= 0 && !states[s].used_out[b]) cands.push_back({s, a, b});
+        }
+      }
+    const int64_t K = static_cast<int64_t>(cands.size());
+    if (K == 0) break;  // the allowed table leaves no pairing for some block: stop with what exists
+    losses.assign(static_cast<std::size_t>(K), 0.0);
+    std::atomic<bool> halted{false};
+#pragma omp parallel num_threads(nt) if (nt > 1 && K > 1)
+    {
+      RowApplier ap(net);
+      Probe probe(d, k, P.features, P.ridge);
+      std::vector<float> y(static_cast<std::size_t>(R * d));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < K; ++c) {
+        if (halted.load(std::memory_order_relaxed)) continue;
+        if (stop.should_stop()) {
+          halted.store(true, std::memory_order_relaxed);
+          continue;
+        }
+        ap.apply(cands[c].a, cands[c].b, states[cands[c].s].x.data(), y.data(), R);
+        losses[c] = probe.sse(y.data(), R, target) / nvals;
+      }
+    }
+    res.candidates += K;
+    if (halted.load()) {
+      const char* why = stop.reason();
+      res.stopped = why ? why : "interrupted";
+      return res;
+    }
+    idx.resize(static_cast<std::size_t>(K));
+    std::iota(idx.begin(), idx.end(), 0);
+    const int64_t keep = std::min<int64_t>(std::max<int64_t>(P.width, 1), K);
+    auto better = [&](int64_t u, int64_t v) {
+      // NaN (a blown-up prefix) sorts last; ties go to the lower candidate index
+      const double lu = std::isnan(losses[u]) ? INFINITY : losses[u], lv = std::isnan(losses[v]) ? INFINITY : losses[v];
+      return lu < lv || (lu == lv && u < v);
+    };
+    std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), better);
+    res.best_path.push_back(losses[idx[0]]);
+    std::vector<State> next(static_cast<std::size_t>(keep));
+    RowApplier ap(net);
+    for (int64_t t = 0; t < keep; ++t) {
+      const Cand& c = cands[idx[t]];
+      const State& par = states[c.s];
+      State& st = next[t];
+      st.oin = par.oin, st.oout = par.oout, st.used_in = par.used_in, st.used_out = par.used_out;
+      st.oin.push_back(c.a), st.oout.push_back(c.b);
+      st.used_in[c.a] = 1, st.used_out[c.b] = 1;
+      st.x.resize(static_cast<std::size_t>(R * d));
+      ap.apply(c.a, c.b, par.x.data(), st.x.data(), R);
+    }
+    std::vector<double> kept(static_cast<std::size_t>(keep));
+    for (int64_t t = 0; t < keep; ++t) kept[t] = losses[idx[t]];
+    states.swap(next);
+    res.losses.swap(kept);
+  }
+  res.stopped = "done";
+  for (const State& st : states) {
+    if (static_cast<int64_t>(st.oin.size()) != N) continue;
+    res.orders_in.insert(res.orders_in.end(), st.oin.begin(), st.oin.end());
+    res.orders_out.insert(res.orders_out.end(), st.oout.begin(), st.oout.end());
+    ++res.n_final;
+  }
+  if (static_cast<int64_t>(res.losses.size()) != res.n_final) res.losses.resize(static_cast<std::size_t>(res.n_final));
+  return res;
+}
+
+}  // namespace unshuffle

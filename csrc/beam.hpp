@@ -1,0 +1,61 @@
+// Probe beam search: builds block orders front to back, scoring each prefix by how well a least-squares
+// readout of its activations predicts the target (docs/ORDERING.md, "Probe beam"). No Python headers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "scorer.hpp"
+#include "stop.hpp"
+
+namespace unshuffle {
+
+// Readout features of a row x (d values): linear [x, 1] (d + 1) or quadratic [x, x*x, 1] (2d + 1).
+enum ProbeFeatures : int { kProbeLinear = 0, kProbeQuadratic = 1 };
+
+// Sum of squared errors of the least-squares fit target ~ features(x) C, over R rows and k outputs.
+// The normal equations are accumulated in float per tile of rows and in double across tiles, solved in double
+// after scaling by the diagonal (a tiny relative ridge; exactly dependent features are dropped), and the SSE
+// is measured by a second pass over the rows: the residual is stationary in C, so errors in C enter only to
+// second order. Deterministic: the same inputs give the same bits on every thread.
+class Probe {
+ public:
+  Probe(int64_t d, int64_t k, int features, double ridge = 1e-10);
+  int64_t n_features() const { return nf_; }
+  double sse(const float* x, int64_t R, const float* target);
+
+ private:
+  void row_features(const float* x, float* f) const;
+  int64_t d_, k_, nf_, na_, Np_, Mp_;  // na_ = nf_ + k_ columns: features then targets
+  int features_;
+  double ridge_;
+  FloatBuf F_, FT_, Gt_;               // one tile: rows x columns, its transpose, and F^T F
+  std::vector<float> f_;
+  std::vector<double> G_, C_, scale_, y_;
+  std::vector<char> dropped_;
+};
+
+struct BeamParams {
+  int64_t width = 16;                // states kept per depth
+  int features = kProbeQuadratic;    // ProbeFeatures
+  double ridge = 1e-10;
+  int n_threads = 0;                 // 0 = OpenMP default
+};
+
+struct BeamResult {
+  int64_t N = 0, n_final = 0;
+  std::vector<int64_t> orders_in, orders_out;  // (n_final, N) row-major, best (lowest probe loss) first
+  std::vector<double> losses;                  // (n_final,) probe SSE / (R k) of each final state
+  std::vector<double> best_path;               // (steps,) best probe loss at each depth from P0 + 1
+  int64_t candidates = 0;                      // prefixes scored
+  std::string stopped;                         // done | interrupted | time_limit
+};
+
+// Orders all Ni blocks. allowed is (Ni, m): the out pieces in piece a may pair with (-1 = unused slot); m = 1 is
+// a fixed pairing. prefix_in/prefix_out (P0 each) are placed first and fixed. A stop returns no orders.
+BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const float* target, int64_t k,
+                      const int64_t* allowed, int64_t m, const int64_t* prefix_in, const int64_t* prefix_out,
+                      int64_t P0, const BeamParams& params, const Stopper& stop);
+
+}  // namespace unshuffle

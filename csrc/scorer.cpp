@@ -305,4 +305,14 @@ double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int til
   return s;
 }
 
+void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, const float* bias, float* C,
+              int64_t ldc, int64_t M, int64_t nvec, bool relu, bool add) {
+  if (relu && add) gemm<true, true>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else if (relu) gemm<true, false>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else if (add) gemm<false, true>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else gemm<false, false>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+}
+
+int simd_floats() { return VW; }
+
 }  // namespace unshuffle

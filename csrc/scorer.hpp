@@ -74,4 +74,12 @@ void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t*
 // Loss of the rows x (R, d) under the head, with the same tiling/reduction order as score_candidates.
 double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int tile_rows = 0);
 
+// The scorer's register-tiled kernel, exported for the other dense loops of the core (forward.cpp):
+// C[M x nvec*simd_floats()] (op)= f(A[M x K] B[K x nvec*simd_floats()] + bias), f = relu or identity, op '='
+// or '+=' (add). M must be a multiple of kRowAlign; B, bias and C rows aligned to the SIMD width.
+void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, const float* bias, float* C,
+              int64_t ldc, int64_t M, int64_t nvec, bool relu, bool add);
+// Floats per SIMD vector of the kernel (PackedNet pads d and h to a multiple of this).
+int simd_floats();
+
 }  // namespace unshuffle

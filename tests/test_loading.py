@@ -19,6 +19,7 @@ import torch
 
 from unshuffle import PuzzleError, load_puzzle
 from unshuffle import puzzle as pz_mod
+from unshuffle import tensorfiles
 from unshuffle.puzzle import _load_piece, _read_csv, assemble, check_pickle_globals
 
 
@@ -282,8 +283,8 @@ def test_torch_save_of_malicious_object_refused_by_scan_and_by_torch(tmp_path, m
     f = tmp_path / "piece_0.pth"
     torch.save({"weight": _Evil(marker), "bias": torch.zeros(2)}, f)
     raises(lambda: _load_piece(f), f, r"refused unsafe pickle: it references (posix|os|nt)\.system")
-    # second line of defence: with the scan switched off, torch's weights_only unpickler still refuses
-    monkeypatch.setattr(pz_mod, "check_pickle_globals", lambda data, path=None: None)
+    # second line of defence: with the scan switched off, the restricted unpickler still refuses
+    monkeypatch.setattr(tensorfiles, "check_pickle_globals", lambda data, path=None: None)
     raises(lambda: _load_piece(f), f, "cannot load torch file")
     assert not marker.exists()
 
@@ -557,6 +558,7 @@ def _csv(tmp_path, text, name="data.csv"):
         ("measurement_0,pred,pred_0\n1,2,3\n", "both 'pred' and 'pred_0'"),
         ("measurement_0,pred_0,pred_2\n1,2,3\n", "pred columns have gaps"),
         ('measurement_0,pred\n"1,2\n', "malformed CSV|non-numeric"),
+        ("measurement_0,pred\n1_0,2\n", r"non-numeric value '1_0' in column measurement_0, row 0"),  # float() takes it
     ],
 )
 def test_csv_errors(tmp_path, text, pattern):

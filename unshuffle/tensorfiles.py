@@ -147,12 +147,28 @@ def _open_zip(raw: bytes, path: Path, what: str) -> zipfile.ZipFile:
 # ------------------------------------------------------------------------------------------ torch files
 
 
+# Pickles that passed the scan. The verdict depends on the bytes alone, and the pieces of one network mostly
+# share the same few pickles (the public puzzle: 3 distinct among 97), so each is scanned once.
+_SCANNED_OK: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+_SCANNED_MAX, _SCANNED_MAX_BYTES = 64, 1 << 16
+
+
 def check_pickle_globals(data: bytes, path: Optional[Path] = None) -> None:
     """Refuse a pickle that references any global outside ``SAFE_PICKLE_GLOBALS`` (or uses opcodes that
     build objects from unchecked classes). Only scans the opcode stream; nothing is unpickled.
 
     ``STACK_GLOBAL`` takes its names from the stack, so it is accepted only when the two pushes just before
     it are constant strings (directly or fetched from the memo); anything cleverer is refused."""
+    if data in _SCANNED_OK:
+        return
+    _scan_pickle(data, path)
+    if len(data) <= _SCANNED_MAX_BYTES:  # pieces' pickles are a few hundred bytes; keep memory bounded
+        _SCANNED_OK[data] = None
+        if len(_SCANNED_OK) > _SCANNED_MAX:
+            _SCANNED_OK.popitem(last=False)
+
+
+def _scan_pickle(data: bytes, path: Optional[Path]) -> None:
     memo: Dict[int, Optional[str]] = {}
     pushes: List[Optional[str]] = []  # consecutive pushes right before the current opcode
 

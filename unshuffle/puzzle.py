@@ -62,8 +62,13 @@ ARRAY_FIELDS = ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last", "X", "pred
 def _as_numpy(a) -> np.ndarray:
     """A numpy array for an array or a CPU torch tensor (shares its memory; no copy where none is needed)."""
     if loaded("torch") and isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.dtype.isnative:  # the canonical dtype object: the C++ core checks dtypes by identity
+        c = np.dtype(a.dtype.char)
+        if a.dtype is not c and a.dtype == c:
+            a = a.view(c)
+    return a
 
 
 @dataclass

@@ -351,8 +351,8 @@ def _read_torch(raw: bytes, path: Path) -> object:
     try:
         pkl = zf.read(info)
         prefix = info.filename[: -len("data.pkl")]
-        order = sys.byteorder
-        if f"{prefix}byteorder" in zf.NameToInfo:
+        order = sys.byteorder  # what torch.load assumes when the record is absent
+        if f"{prefix}byteorder" in zf.namelist():
             order = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
     except Exception as exc:  # noqa: BLE001 - zipfile raises many types on corrupt input
         raise PuzzleError(f"truncated or corrupt torch file (data.pkl: {_first_line(exc)})", path) from None

@@ -266,3 +266,16 @@ def test_cli_solve_imports_no_torch(tmp_path):
     status = json.loads(p.stderr.strip().splitlines()[-1])
     assert status == {"rc": 0, "heavy": []}, p.stderr
     assert json.loads(p.stdout)["permutation"] == ids
+
+
+def test_lazy_module_imports_on_first_use_and_caches():
+    from unshuffle._lazy import LazyModule, loaded
+
+    lazy = LazyModule("json")  # any module; json is cheap
+    assert "decoder" not in vars(lazy)
+    assert lazy.dumps([1]) == "[1]" and loaded("json")
+    assert "dumps" in vars(lazy) and lazy.dumps is sys.modules["json"].dumps  # cached on the stand-in
+    with pytest.raises(AttributeError):
+        lazy.__wrapped__  # introspection probes do not import anything
+    with pytest.raises(AttributeError):
+        lazy.no_such_name

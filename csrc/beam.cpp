@@ -19,11 +19,12 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 Probe::Probe(int64_t d, int64_t k, int features, double ridge)
     : d_(d), k_(k), nf_(features == kProbeQuadratic ? 2 * d + 1 : d + 1), features_(features), ridge_(ridge) {
   na_ = nf_ + k_;
-  Np_ = round_up(na_, simd_width());
+  Np_ = round_up(na_, simd_floats());
   Mp_ = round_up(na_, kRowAlign);
   F_ = FloatBuf(static_cast<std::size_t>(kProbeTile * Np_));
   FT_ = FloatBuf(static_cast<std::size_t>(Mp_ * kProbeTile));
   Gt_ = FloatBuf(static_cast<std::size_t>(Mp_ * Np_));
+  zero_ = FloatBuf(static_cast<std::size_t>(Np_));
   f_.resize(static_cast<std::size_t>(nf_));
   G_.resize(static_cast<std::size_t>(na_ * na_));
   C_.resize(static_cast<std::size_t>(nf_ * k_));
@@ -57,7 +58,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t i = 0; i < na; ++i) FT[i * kProbeTile + r] = F[r * Np + i];
     std::fill(Gt, Gt + Mp * Np, 0.f);
-    gemm_accumulate(FT, kProbeTile, F, Np, kProbeTile, Gt, Np, Mp, Np);
+    gemm_f32(FT, kProbeTile, F, Np, kProbeTile, zero_.data(), Gt, Np, Mp, Np / simd_floats(), false, true);
     for (int64_t i = 0; i < na; ++i)
       for (int64_t j = 0; j < na; ++j) G_[i * na + j] += Gt[i * Np + j];
   }

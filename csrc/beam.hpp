@@ -30,7 +30,7 @@ class Probe {
   int64_t d_, k_, nf_, na_, Np_, Mp_;  // na_ = nf_ + k_ columns: features then targets
   int features_;
   double ridge_;
-  FloatBuf F_, FT_, Gt_;               // one tile: rows x columns, its transpose, and F^T F
+  FloatBuf F_, FT_, Gt_, zero_;        // one tile: rows x columns, its transpose, F^T F; a zero bias row
   std::vector<float> f_;
   std::vector<double> G_, C_, scale_, y_;
   std::vector<char> dropped_;

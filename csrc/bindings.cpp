@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "beam.hpp"
+#include "native.hpp"
 #include "scorer.hpp"
 #include "search.hpp"
 #include "stop.hpp"
@@ -390,6 +391,170 @@ py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array 
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// native.hpp: verification forwards, greedy seed, randperm, pairing scores, assignment, CSV numbers
+
+py::array_t<float> forward_f32_py(py::array X, py::array order_in, py::array order_out, py::array W_in,
+                                  py::array b_in, py::array W_out, py::array b_out, py::array W_last,
+                                  py::array b_last, int n_threads) {
+  const std::string fn = "forward_f32";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
+  const int64_t k = wl[0];
+  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from X");
+  check(b_last, fn, "b_last", true, 1, "(k,)");
+  expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  check_threads(fn, n_threads);
+  py::array_t<float> out({static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(k)});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    forward_f32(net, ptr<float>(X), R, ptr<int64_t>(order_in), ptr<int64_t>(order_out), order_in.shape(0),
+                ptr<float>(W_last), ptr<float>(b_last), k, o, n_threads);
+  }
+  return out;
+}
+
+py::array_t<double> forward_f64_py(py::array X, py::array order_in, py::array order_out, py::array W_in,
+                                   py::array b_in, py::array W_out, py::array b_out, py::array W_last,
+                                   py::array b_last, int n_threads) {
+  const std::string fn = "forward_f64";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
+  const int64_t k = wl[0];
+  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from X");
+  check(b_last, fn, "b_last", true, 1, "(k,)");
+  expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  check_threads(fn, n_threads);
+  py::array_t<double> out({static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(k)});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    forward_f64(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out), s.No, d, s.h,
+                ptr<float>(X), R, ptr<int64_t>(order_in), ptr<int64_t>(order_out), order_in.shape(0),
+                ptr<float>(W_last), ptr<float>(b_last), k, o, n_threads);
+  }
+  return out;
+}
+
+py::tuple greedy_seed_py(py::array X, py::array W_in, py::array b_in, py::array W_out, py::array b_out,
+                         py::array out_of, int n_threads) {
+  const std::string fn = "greedy_seed";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  auto ns = check(out_of, fn, "out_of", false, 1, "(n,)");
+  const int64_t n = ns[0];
+  if (n > s.Ni)
+    fail(fn, "out_of has " + std::to_string(n) + " entries but W_in has only " + std::to_string(s.Ni) + " pieces");
+  const int64_t* oo = ptr<int64_t>(out_of);
+  for (int64_t a = 0; a < n; ++a)
+    if (oo[a] < 0 || oo[a] >= s.No)
+      fail(fn, "out_of[" + std::to_string(a) + "] = " + std::to_string(oo[a]) + " is out of range [0, " +
+                   std::to_string(s.No) + ") (W_out has " + std::to_string(s.No) + " pieces)");
+  check_threads(fn, n_threads);
+  py::array_t<int64_t> order(n);
+  py::array_t<double> first(n);
+  int64_t* po = order.mutable_data();
+  double* pf = first.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    greedy_seed(net, ptr<float>(X), R, oo, n, po, pf, n_threads);
+  }
+  return py::make_tuple(order, first);
+}
+
+py::array_t<int64_t> torch_randperm_py(int64_t n, uint64_t seed) {
+  if (n < 0) fail("torch_randperm", "n must be >= 0, got " + std::to_string(n));
+  if (n >= static_cast<int64_t>(0xffffffffu / 20))
+    fail("torch_randperm", "n = " + std::to_string(n) + " is beyond torch's small-n algorithm (n < 2^32 / 20)");
+  py::array_t<int64_t> out(n);
+  torch_randperm(n, seed, out.mutable_data());
+  return out;
+}
+
+py::tuple pair_scores_py(py::array W_in, py::array W_out, int n_threads) {
+  const std::string fn = "pair_scores";
+  auto wi = check(W_in, fn, "W_in", true, 3, "(Ni, h, d)");
+  const int64_t Ni = wi[0], h = wi[1], d = wi[2];
+  auto wo = check(W_out, fn, "W_out", true, 3, "(No, d, h)");
+  const int64_t No = wo[0];
+  expect_shape(fn, "W_out", W_out, {No, d, h}, "(No, d, h) with d, h from W_in");
+  check_threads(fn, n_threads);
+  py::array_t<double> ratio({static_cast<py::ssize_t>(Ni), static_cast<py::ssize_t>(No)});
+  py::array_t<double> ntr({static_cast<py::ssize_t>(Ni), static_cast<py::ssize_t>(No)});
+  double* pr = ratio.mutable_data();
+  double* pt = ntr.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pair_scores(ptr<float>(W_in), Ni, ptr<float>(W_out), No, d, h, pr, pt, n_threads);
+  }
+  return py::make_tuple(ratio, ntr);
+}
+
+py::array_t<int64_t> lap_min_cost_py(py::array cost) {
+  const std::string fn = "lap_min_cost";
+  if (!cost.dtype().is(py::dtype::of<double>()))
+    fail(fn, "cost must be a float64 array, got dtype " + std::string(py::str(cost.dtype())));
+  if (cost.ndim() != 2) fail(fn, "cost must be 2-D (nr, nc), got shape " + shape_str(cost));
+  if (!(cost.flags() & py::array::c_style)) fail(fn, "cost must be C-contiguous (use np.ascontiguousarray)");
+  const int64_t nr = cost.shape(0), nc = cost.shape(1);
+  if (nr > nc) fail(fn, "cost has more rows than columns " + shape_str(cost) + "; pass its transpose");
+  const double* c = ptr<double>(cost);
+  for (int64_t q = 0; q < nr * nc; ++q)
+    if (std::isnan(c[q]) || c[q] == -std::numeric_limits<double>::infinity())
+      fail(fn, "cost matrix contains invalid numeric entries (NaN or -inf)");
+  py::array_t<int64_t> out(nr);
+  int64_t* o = out.mutable_data();
+  int rc = 0;
+  {
+    py::gil_scoped_release nogil;
+    rc = lap_min_cost(nr, nc, c, o);
+  }
+  if (rc != 0) fail(fn, "cost matrix is infeasible");
+  return out;
+}
+
+py::tuple parse_csv_py(py::buffer buf, int64_t offset, int64_t ncols, int n_threads) {
+  const std::string fn = "parse_csv";
+  py::buffer_info info = buf.request();
+  if (info.ndim != 1 || info.itemsize != 1) fail(fn, "buf must be a 1-D bytes-like object");
+  const int64_t len = static_cast<int64_t>(info.size);
+  if (offset < 0 || offset > len) fail(fn, "offset " + std::to_string(offset) + " is outside the buffer");
+  if (ncols < 1) fail(fn, "ncols must be >= 1, got " + std::to_string(ncols));
+  check_threads(fn, n_threads);
+  const char* data = static_cast<const char*>(info.ptr) + offset;
+  std::vector<int64_t> bounds;
+  CsvParse r;
+  {
+    py::gil_scoped_release nogil;
+    r = csv_scan_lines(data, len - offset, bounds);
+  }
+  py::array_t<float> out({static_cast<py::ssize_t>(r.ok ? r.rows : 0), static_cast<py::ssize_t>(ncols)});
+  if (r.ok && r.rows > 0) {
+    float* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    r = csv_parse_lines(data, bounds, ncols, o, n_threads);
+  }
+  py::dict why;
+  why["ok"] = r.ok;
+  why["rows"] = r.rows;
+  why["line"] = r.bad_line;
+  why["col"] = r.bad_col;
+  why["reason"] = r.reason;
+  return py::make_tuple(r.ok ? py::object(out) : py::object(py::none()), why);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -447,4 +612,26 @@ PYBIND11_MODULE(_core, m) {
         "prefixes whose activations give the best least-squares readout of target. allowed (Ni, m) int64:\n"
         "out pieces each in piece may pair with (-1 = none). Returns dict(orders_in (F, N), orders_out,\n"
         "losses (F,), best_path, candidates, stopped in {done, interrupted, time_limit}); F = 0 if stopped.");
+  m.def("forward_f32", &forward_f32_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"), py::arg("W_in"),
+        py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"),
+        py::arg("n_threads") = 0,
+        "Network outputs (R, k) float32 for a block order, with the scorer's float32 block arithmetic.");
+  m.def("forward_f64", &forward_f64_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"), py::arg("W_in"),
+        py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"),
+        py::arg("n_threads") = 0,
+        "The same outputs computed in float64 (R, k); each row's value depends on that row only.");
+  m.def("greedy_seed", &greedy_seed_py, py::arg("X"), py::arg("W_in"), py::arg("b_in"), py::arg("W_out"),
+        py::arg("b_out"), py::arg("out_of"), py::arg("n_threads") = 0,
+        "Sequential greedy seed (unshuffle.ordering.greedy_seed): (order (n,) int64, first-position mean\n"
+        "update norms (n,) float64) for blocks (a, out_of[a]), a < n.");
+  m.def("torch_randperm", &torch_randperm_py, py::arg("n"), py::arg("seed"),
+        "torch.randperm(n, generator=torch.Generator().manual_seed(seed)) on the CPU, without torch.");
+  m.def("pair_scores", &pair_scores_py, py::arg("W_in"), py::arg("W_out"), py::arg("n_threads") = 0,
+        "(ratio, neg_trace), each (Ni, No) float64: Park's signed ratio and -tr(W_out[b] W_in[a]) / d.");
+  m.def("lap_min_cost", &lap_min_cost_py, py::arg("cost"),
+        "Minimum-cost assignment of a float64 (nr, nc) matrix, nr <= nc: col4row (nr,) int64, the same\n"
+        "assignment as scipy.optimize.linear_sum_assignment (ties included).");
+  m.def("parse_csv", &parse_csv_py, py::arg("buf"), py::arg("offset"), py::arg("ncols"), py::arg("n_threads") = 0,
+        "Strict parse of the CSV data lines in buf[offset:]: (float32 (rows, ncols) or None, info dict with\n"
+        "ok, rows, line, col, reason). None means the text is outside the strict form (use a general parser).");
 }

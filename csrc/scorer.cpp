@@ -303,15 +303,6 @@ void forward_from(const PackedNet& net, float* prefix, int64_t R, const int64_t*
   }
 }
 
-int simd_width() { return VW; }
-
-void gemm_accumulate(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
-                     int64_t M, int64_t ncols) {
-  static const FloatBuf zeros(4096);  // the micro-kernel adds a bias row; here it is zero
-  for (int64_t j0 = 0; j0 < ncols; j0 += 4096)
-    gemm<false, true>(A, lda, B + j0, ldb, K, zeros.data(), C + j0, ldc, M, std::min<int64_t>(4096, ncols - j0) / VW);
-}
-
 RowApplier::RowApplier(const PackedNet& net, int tile_rows)
     : net_(net), T_(resolve_tile(tile_rows)), xb_(static_cast<std::size_t>(T_ * net.Dp)),
       hb_(static_cast<std::size_t>(T_ * net.Hp)) {}
@@ -340,5 +331,15 @@ double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int til
   }
   return s;
 }
+
+void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, const float* bias, float* C,
+              int64_t ldc, int64_t M, int64_t nvec, bool relu, bool add) {
+  if (relu && add) gemm<true, true>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else if (relu) gemm<true, false>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else if (add) gemm<false, true>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+  else gemm<false, false>(A, lda, B, ldb, K, bias, C, ldc, M, nvec);
+}
+
+int simd_floats() { return VW; }
 
 }  // namespace unshuffle

@@ -90,14 +90,15 @@ class RowApplier {
   FloatBuf xb_, hb_;
 };
 
-// C (M, ncols) += A (M, K) B (K, ncols), float32, with the scorer's SIMD micro-kernels. Row-major with leading
-// dimensions lda/ldb/ldc; M must be a multiple of kRowAlign and ncols of simd_width(); B and C 64-byte aligned
-// with ldb, ldc multiples of simd_width().
-void gemm_accumulate(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, float* C, int64_t ldc,
-                     int64_t M, int64_t ncols);
-int simd_width();
-
 // Loss of the rows x (R, d) under the head, with the same tiling/reduction order as score_candidates.
 double head_loss(const float* x, int64_t R, int64_t d, const Head& head, int tile_rows = 0);
+
+// The scorer's register-tiled kernel, exported for the other dense loops of the core (forward.cpp):
+// C[M x nvec*simd_floats()] (op)= f(A[M x K] B[K x nvec*simd_floats()] + bias), f = relu or identity, op '='
+// or '+=' (add). M must be a multiple of kRowAlign; B, bias and C rows aligned to the SIMD width.
+void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K, const float* bias, float* C,
+              int64_t ldc, int64_t M, int64_t nvec, bool relu, bool add);
+// Floats per SIMD vector of the kernel (PackedNet pads d and h to a multiple of this).
+int simd_floats();
 
 }  // namespace unshuffle

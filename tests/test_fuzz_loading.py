@@ -30,7 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unshuffle import PuzzleError, load_puzzle
+from unshuffle.csvdata import read_csv
 from unshuffle.puzzle import _load_network_file, _load_piece, _read_csv
+from unshuffle.tensorfiles import read_tensor_file, read_torch_reference
 
 SCALE = float(os.environ.get("UNSHUFFLE_FUZZ_SCALE", "1"))
 HANG_SECONDS = 120  # a single test running this long is a hang: dump tracebacks and exit
@@ -318,3 +320,117 @@ def test_random_csv_through_load_puzzle(small_puzzle, text):
     if ok:
         p = load_puzzle(small_puzzle)
         assert p.d == 2 and p.k == 1 and p.n_rows >= 1 and bool(torch.isfinite(p.X).all())
+
+
+# ------------------------------------------------------------------ fast readers against the references
+
+
+def _outcome(fn):
+    """('refused',) or ('ok', comparable content) of a reader call; only PuzzleError may escape as refusal."""
+    try:
+        obj = fn()
+    except PuzzleError:
+        return ("refused",)
+    if isinstance(obj, tuple):  # read_csv: (X, pred, true, path)
+        return ("ok", tuple(None if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in obj[:3]))
+    return ("ok", {k: (v.dtype, v.array.shape, np.ascontiguousarray(v.array).tobytes()) for k, v in obj.items()})
+
+
+@fuzz_settings(150)
+@given(obj=torch_objects)
+def test_restricted_reader_matches_torch_load(work, obj):
+    """The numpy reader of .pth files accepts exactly what torch.load(weights_only=True) accepts (after the
+    same scan) and yields the same tensors: dtype, shape and bytes."""
+    f = work / "piece_0.pth"
+    torch.save(obj, f)
+    CASES["reader vs torch.load: torch.save objects"] += 1
+    got = _outcome(lambda: read_tensor_file(f))
+    assert got == _outcome(lambda: read_tensor_file(f, read_torch_reference))
+
+
+@fuzz_settings(200)
+@given(m=mutation, which=st.sampled_from(["pth", "pth_views"]))
+def test_restricted_reader_on_mutated_files(work, m, which):
+    """Corrupted archives: only PuzzleError; whatever the reader accepts is what torch.load reads from the
+    same bytes or, where torch's stricter zip reader refuses a flip in zip metadata that Python's zipfile
+    does not check (CRCs of the records read are checked), exactly the tensors of the intact file."""
+    f = _write(work, "piece_0.pth", mutate(SEED_PTH[which], m))
+    CASES["reader vs torch.load: mutated files"] += 1
+    got = _outcome(lambda: read_tensor_file(f))
+    if got[0] == "ok":
+        ref = _outcome(lambda: read_tensor_file(f, read_torch_reference))
+        if ref[0] == "ok":
+            assert got == ref
+        else:
+            intact = _write(work, "piece_1.pth", SEED_PTH[which])
+            assert got == _outcome(lambda: read_tensor_file(intact))
+
+
+def _views_pth() -> bytes:
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    buf = io.BytesIO()  # views sharing one storage, a transposed one and an offset one
+    torch.save({"weight": base.t()[1:], "bias": base[2, 1:5], "half": base.half()[0], "bf": base.bfloat16()[:, 2]}, buf)
+    return buf.getvalue()
+
+
+SEED_PTH = {"pth": SEEDS["pth"], "pth_views": _views_pth()}
+
+
+def test_restricted_reader_views_dtypes_and_byte_order(work):
+    f = _write(work, "piece_0.pth", SEED_PTH["pth_views"])
+    got = read_tensor_file(f)
+    assert _outcome(lambda: got) == _outcome(lambda: read_tensor_file(f, read_torch_reference))
+    assert got["bf"].dtype == "torch.bfloat16" and got["bf"].array.dtype == np.float32
+    # a big-endian archive (torch writes its byte order into the zip) reads to the same values
+    src = zipfile.ZipFile(io.BytesIO(SEEDS["pth"]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/" in info.filename and not info.filename.endswith(".pkl"):
+                data = np.frombuffer(data, "<f4").astype(">f4").tobytes()
+            dst.writestr(info.filename, data)
+    g = _write(work, "piece_1.pth", out.getvalue())
+    little = read_tensor_file(_write(work, "piece_2.pth", SEEDS["pth"]))
+    big = read_tensor_file(g)
+    assert all(np.array_equal(big[k].array, little[k].array) and big[k].array.dtype.isnative for k in big)
+
+
+NUMBER_FORMS = [repr, str, lambda v: f"{v:.3e}", lambda v: f"{v:.9g}", lambda v: f"{v:+.4f}", lambda v: f"{v:E}",
+                lambda v: str(int(v)) if np.isfinite(v) else repr(v), lambda v: f"{v:.0f}.", lambda v: f"{v:.2f}".replace("0.", ".", 1)]
+
+
+@st.composite
+def numeric_csvs(draw):
+    """Mostly well-formed numeric CSVs (the fast parser's domain) with the occasional odd cell or line."""
+    d, k = draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    header = [f"measurement_{i}" for i in range(d)] + (["pred"] if k == 1 else [f"pred_{i}" for i in range(k)])
+    if draw(st.booleans()):
+        header.append(draw(st.sampled_from(["true", "x", "true_0"])))
+    finite = st.floats(-1e6, 1e6, allow_nan=False)
+    floats = st.one_of(finite, finite, finite, st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from([0.0, -0.0, 1e-45, 3.4028235e38, 3.5e38, 1e-320]))
+    rows = []
+    for _ in range(draw(st.integers(0, 6))):
+        cells = [draw(st.sampled_from(NUMBER_FORMS))(v) if abs(v) < 1e15 or not draw(st.booleans()) else repr(v)
+                 for v in draw(st.lists(floats, min_size=len(header), max_size=len(header)))]
+        if draw(st.integers(0, 9)) == 0:
+            cells[draw(st.integers(0, len(cells) - 1))] = draw(st.sampled_from(CSV_TOKENS + ["-0", "00012", "1" * 20]))
+        rows.append(",".join(cells))
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    return eol.join([",".join(header)] + rows) + draw(st.sampled_from(["", eol, eol * 2]))
+
+
+@fuzz_settings(250)
+@given(text=st.one_of(numeric_csvs(), csv_texts()))
+def test_fast_csv_matches_pandas(work, text):
+    """The strict C++ CSV parse gives exactly pandas' arrays and notes, or steps aside for pandas."""
+    f = work / "data.csv"
+    f.write_text(text, errors="replace")
+    CASES["fast CSV vs pandas"] += 1
+    notes_fast, notes_ref = [], []
+    got = _outcome(lambda: read_csv(f, notes_fast))
+    want = _outcome(lambda: read_csv(f, notes_ref, fast=False))
+    assert got == want and notes_fast == notes_ref

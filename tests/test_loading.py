@@ -19,7 +19,8 @@ import torch
 
 from unshuffle import PuzzleError, load_puzzle
 from unshuffle import puzzle as pz_mod
-from unshuffle.puzzle import _load_piece, _read_csv, assemble, check_pickle_globals
+from unshuffle import tensorfiles
+from unshuffle.puzzle import Puzzle, _load_piece, _read_csv, assemble, check_pickle_globals
 
 
 # ------------------------------------------------------------------------------------------- builders
@@ -282,8 +283,8 @@ def test_torch_save_of_malicious_object_refused_by_scan_and_by_torch(tmp_path, m
     f = tmp_path / "piece_0.pth"
     torch.save({"weight": _Evil(marker), "bias": torch.zeros(2)}, f)
     raises(lambda: _load_piece(f), f, r"refused unsafe pickle: it references (posix|os|nt)\.system")
-    # second line of defence: with the scan switched off, torch's weights_only unpickler still refuses
-    monkeypatch.setattr(pz_mod, "check_pickle_globals", lambda data, path=None: None)
+    # second line of defence: with the scan switched off, the restricted unpickler still refuses
+    monkeypatch.setattr(tensorfiles, "check_pickle_globals", lambda data, path=None: None)
     raises(lambda: _load_piece(f), f, "cannot load torch file")
     assert not marker.exists()
 
@@ -557,6 +558,7 @@ def _csv(tmp_path, text, name="data.csv"):
         ("measurement_0,pred,pred_0\n1,2,3\n", "both 'pred' and 'pred_0'"),
         ("measurement_0,pred_0,pred_2\n1,2,3\n", "pred columns have gaps"),
         ('measurement_0,pred\n"1,2\n', "malformed CSV|non-numeric"),
+        ("measurement_0,pred\n1_0,2\n", r"non-numeric value '1_0' in column measurement_0, row 0"),  # float() takes it
     ],
 )
 def test_csv_errors(tmp_path, text, pattern):
@@ -649,3 +651,24 @@ def test_public_pieces_pass_the_pickle_scan(public_dir):
         z = zipfile.ZipFile(io.BytesIO(raw))
         (name,) = [n for n in z.namelist() if n.endswith("/data.pkl")]
         check_pickle_globals(z.read(name), f)
+
+
+# ---------------------------------------------------------------------------------------- Puzzle model
+
+
+def test_puzzle_is_numpy_with_torch_views_and_a_compact_repr(tmp_path):
+    root, ids, layers = make_puzzle(tmp_path, n=3, d=4, h=6, rows=16)
+    p = load_puzzle(root)
+    text = repr(p)
+    assert text == f"Puzzle(N=3, d=4, h=6, k=1, rows=16, path={str(root)!r})" and "tensor" not in text
+    a = p.arrays
+    assert isinstance(a.W_in, np.ndarray) and a.W_in.dtype == np.float32 and a.W_in.flags.c_contiguous
+    assert isinstance(p.W_in, torch.Tensor) and p.W_in is p.W_in  # one cached view
+    assert np.shares_memory(p.X.numpy(), a.X)  # the view is the array, not a copy
+    p.X = torch.zeros(16, 4)  # replacing an attribute replaces the array and its view
+    assert isinstance(p.arrays.X, np.ndarray) and float(p.X.abs().sum()) == 0 and p.n_rows == 16
+    # built from torch tensors (as tests and generators do): shares their memory
+    w = torch.randn(3, 6, 4)
+    q = Puzzle(p.inp_ids, p.out_ids, p.last_id, w, p.b_in, p.W_out, p.b_out, p.W_last, p.b_last, p.X, p.pred)
+    assert np.shares_memory(q.arrays.W_in, w.numpy()) and torch.equal(q.W_in, w) and q.true is None
+    assert repr(q) == "Puzzle(N=3, d=4, h=6, k=1, rows=16)"

@@ -10,17 +10,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import torch
 
 from . import reference
+from ._lazy import loaded, torch
 from .errors import BackendUnavailable
 
 log = logging.getLogger("unshuffle")
 
 NAMES = ("reference", "torch", "cpp", "triton")
+
+
+def _cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (~1 s) where no GPU can be present: on Linux a CUDA
+    (or ROCm) device needs its device node, so with none of them there is nothing for torch to find."""
+    if not loaded("torch") and sys.platform.startswith("linux"):
+        if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")):
+            return False
+    return bool(torch.cuda.is_available())
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,14 +59,18 @@ def _probe_triton() -> Tuple[bool, str]:
     return True, ("CUDA device " + torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "TRITON_INTERPRET=1 (CPU interpreter, slow)"
 
 
+# One probe per backend, so that resolving one name probes (and imports) only what that backend needs.
+_PROBES = {
+    "reference": lambda: (True, "pure PyTorch loop (the reference)"),
+    "torch": lambda: (True, f"batched torch {torch.__version__}, {torch.get_num_threads()} threads"),
+    "cpp": lambda: _probe_cpp(),
+    "triton": lambda: _probe_triton(),
+}
+
+
 def available_backends() -> Dict[str, Tuple[bool, str]]:
     """Every backend name -> (usable here, why)."""
-    return {
-        "reference": (True, "pure PyTorch loop (the reference)"),
-        "torch": (True, f"batched torch {torch.__version__}, {torch.get_num_threads()} threads"),
-        "cpp": _probe_cpp(),
-        "triton": _probe_triton(),
-    }
+    return {name: probe() for name, probe in _PROBES.items()}
 
 
 class Scorer:
@@ -177,11 +191,11 @@ def resolve_backend(name: Optional[str] = "auto") -> str:
     if explicit:
         if name not in _CLASSES:
             raise BackendUnavailable(f"unknown backend {name!r}; choose one of auto, {', '.join(NAMES)}")
-        ok, why = available_backends()[name]
+        ok, why = _PROBES[name]()
         if not ok:
             raise BackendUnavailable(f"backend {name!r} was requested but is unavailable: {why}")
         return name
-    if torch.cuda.is_available() and _probe_triton()[0]:
+    if _cuda_available() and _probe_triton()[0]:
         return "triton"
     if _probe_cpp()[0]:
         return "cpp"

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from . import moves as mv
+from . import native as _native
+from ._lazy import torch
 from .backends import get_scorer
 from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken, Cancelled
 from .pairing import PairResult, pair
@@ -171,7 +172,7 @@ def bt_order(scorer, X, target, weights, order_in, order_out) -> List[int]:
 def search_threshold(pred: torch.Tensor) -> float:
     """Per-value error below which a search-row residual counts as float32 rounding (32 ulp at the output
     scale; a wrong order on the public puzzle is off by >1e-3 RMS, the right one by ~2e-7)."""
-    return 32 * EPS32 * max(1.0, float(pred.abs().max()))
+    return 32 * EPS32 * max(1.0, float(abs(pred).max()))  # abs(): torch tensor or numpy array
 
 
 def order(
@@ -219,28 +220,51 @@ def order(
     if pairing is None:
         pairing = pair(puzzle)
     scorer = get_scorer(backend)
-    g = torch.Generator().manual_seed(seed)
-    R = puzzle.n_rows
-    idx = torch.randperm(R, generator=g)[: min(search_rows, R)].sort().values
-    X, target = puzzle.X[idx].contiguous(), puzzle.pred[idx].contiguous()
-    weights = (puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, puzzle.W_last, puzzle.b_last)
+    # cpp + native: numpy arrays and the C++ core all the way (torch is not imported); otherwise torch tensors.
+    fast = scorer.name == "cpp" and native
+    idx = _native.search_rows(puzzle.n_rows, search_rows, seed)  # = torch.randperm(R, manual_seed(seed))[:n]
+    if fast:
+        a = puzzle.arrays
+        X, target = a.X[idx], a.pred[idx]
+        weights = (a.W_in, a.b_in, a.W_out, a.b_out, a.W_last, a.b_last)
+    else:
+        idx = torch.from_numpy(idx)
+        X, target = puzzle.X[idx].contiguous(), puzzle.pred[idx].contiguous()
+        weights = (puzzle.W_in, puzzle.b_in, puzzle.W_out, puzzle.b_out, puzzle.W_last, puzzle.b_last)
     out_of = list(pairing.out_of)
     nvals = X.shape[0] * puzzle.k
 
     def mse_of(o_in, o_out):
+        if fast:
+            return float(_native.order_losses(X, target, weights, [(o_in, o_out)])[0]) / nvals
         x = scorer.forward_prefixes(X, o_in, o_out, *weights[:4])[-1]
         return final_sse(x, puzzle.W_last, puzzle.b_last, target) / nvals
 
+    def torch_inputs():  # Bradley-Terry works on torch tensors
+        if not fast:
+            return X, target, weights
+        return torch.from_numpy(X), torch.from_numpy(target), tuple(torch.from_numpy(w) for w in weights)
+
     t = time.perf_counter()
     token.check()
-    cands = seeds(X, target, weights, out_of, scorer)
-    seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
+    if fast:
+        cands, first = _native.seed_orders(X, weights, out_of)
+        losses = _native.order_losses(X, target, weights, [(o, [out_of[a] for a in o]) for o in cands.values()])
+        seed_mse = {name: float(v) / nvals for name, v in zip(cands, losses)}
+        var = _native.pred_variance(target)
+    else:
+        cands = seeds(X, target, weights, out_of, scorer)
+        seed_mse = {name: mse_of(o, [out_of[a] for a in o]) for name, o in cands.items()}
+        var = float(target.double().var(dim=0).mean())
     # The insertion seed costs ~N^3/6 block passes: build it only when the cheap seeds are poor (MSE above
     # 1% of pred's variance; on the public puzzle greedy is at 0.2% and search finishes it in one round).
-    if min(seed_mse.values()) > insertion_trigger * float(target.double().var(dim=0).mean()):
+    if min(seed_mse.values()) > insertion_trigger * var:
         try:
-            cands["insertion"] = insertion_seed(scorer, X, target, weights, out_of,
-                                                update_priority(X, weights, out_of), token=token)
+            if fast:
+                cands["insertion"] = _native.insertion_seed(X, target, weights, out_of, _native.update_priority(first))
+            else:
+                cands["insertion"] = insertion_seed(scorer, X, target, weights, out_of,
+                                                    update_priority(X, weights, out_of), token=token)
             seed_mse["insertion"] = mse_of(cands["insertion"], [out_of[a] for a in cands["insertion"]])
         except Cancelled:
             pass  # the cheap seeds stand; the search below returns at once with the stop reason
@@ -252,7 +276,7 @@ def order(
         t = time.perf_counter()
         best_seed = min(seed_mse, key=seed_mse.get)
         o = cands[best_seed]
-        cands["bradley_terry"] = bt_order(scorer, X, target, weights, o, [out_of[a] for a in o])
+        cands["bradley_terry"] = bt_order(scorer, *torch_inputs(), o, [out_of[a] for a in o])
         seed_mse["bradley_terry"] = mse_of(cands["bradley_terry"], [out_of[a] for a in cands["bradley_terry"]])
         timings["bradley_terry"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -271,7 +295,7 @@ def order(
                   progress=progress, multi=multi, token=token)
         o_out = [out_of[a] for a in o_in]
         log.info("search start from %s", name)
-        if scorer.name == "cpp" and native:  # the whole round loop in C++ (same trajectory, no Python per round)
+        if fast:  # the whole round loop in C++ (same trajectory, no Python per round)
             res = local_search_native(X, target, *weights, o_in, o_out, **kw)
         else:
             res = local_search(scorer, X, target, *weights, o_in, o_out, **kw)

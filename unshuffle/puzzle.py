@@ -3,86 +3,110 @@
 Layout
 ------
 A puzzle folder holds ``historical_data.csv`` and the pieces, either in a ``pieces/`` subfolder or beside
-the CSV. ``load_puzzle(folder, pieces=..., data=...)`` overrides either location.
+the CSV. ``load_puzzle(folder, pieces=..., data=...)`` overrides either location. Other files in the pieces
+folder are ignored and listed in ``Puzzle.notes``.
 
-Pieces, one file per piece, named ``piece_<id>.<ext>`` (leading zeros allowed; the id is the integer):
-
-* ``.pth`` / ``.pt``: a zip-format ``torch.save`` of a dict holding exactly two tensors, ``weight`` (out, in)
-  and ``bias`` (out,). Loading never unpickles anything but tensors: the archive's pickle is first scanned
-  and refused if it names any global outside a short allow-list (``collections.OrderedDict``, torch's tensor
-  rebuild functions and float storage classes), and only then is it read with
-  ``torch.load(weights_only=True)`` (torch's own restricted unpickler) as a second line of defence.
-  Legacy (pre-zip) torch files and bare pickles are refused: they cannot be checked before unpickling.
-* ``.safetensors``: tensors ``weight`` and ``bias`` (needs the optional ``safetensors`` package).
-* ``.npz``: arrays ``weight`` and ``bias``, read with ``allow_pickle=False``.
-
-A piece with any key besides ``weight`` and ``bias`` is refused (not ignored): extra content means the file is
-not what the loader thinks it is (say a whole model's state dict), and guessing would hide that.
-Ids must be ``0 .. M-1`` for M pieces, each exactly once (``piece_3.pth`` + ``piece_03.pth``, or
-``piece_3.pth`` + ``piece_3.safetensors``, is a duplicate). Other files in the pieces folder are ignored and
-listed in ``Puzzle.notes``.
-
-Whole network in one file: ``pieces=`` may name a single ``.pth``/``.pt``/``.safetensors``/``.npz`` file
-whose flat mapping has keys ``piece_<id>.weight`` and ``piece_<id>.bias`` (and nothing else) -> tensors.
-Without ``pieces=``, a folder with neither ``pieces/`` nor ``piece_<id>.*`` files is searched for one such
-file named ``pieces.<ext>`` or ``network.<ext>``.
-
-Data: ``measurement_0 .. measurement_{d-1}`` (no gaps), ``pred`` (or ``pred_0 .. pred_{k-1}``), optional
-``true`` (or ``true_<i>``). Other columns are ignored (and noted). Every used cell must be a finite number
-that fits float32. Values are parsed with round-trip precision, so float32 values written in shortest form
-come back bit-exact.
+Three jobs, three modules: ``unshuffle.tensorfiles`` reads piece files (the safe pickle scan and the
+restricted readers; formats described there), ``unshuffle.csvdata`` reads the data CSV, and this module
+holds the ``Puzzle`` model and sorts pieces into roles. Without ``pieces=``, a folder with neither
+``pieces/`` nor ``piece_<id>.*`` files is searched for one whole-network file named ``pieces.<ext>`` or
+``network.<ext>``.
 
 Roles come from shapes: with d from the CSV, N pieces of shape (h, d) are block inputs, N of shape (d, h)
 block outputs, one of shape (k, d) the last layer. Shapes that cannot be told apart (h == d, or k == h) are
 refused with a message that says so.
 
 Every problem raises ``PuzzleError`` naming the file (and the row and column, for data), never another
-exception type.
+exception type. Loading needs numpy (and the C++ core for speed), never torch.
 """
 from __future__ import annotations
 
-import io
-import pickletools
-import re
-import warnings
-import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import pandas as pd
-import torch
 
+from ._lazy import loaded, torch
+from .csvdata import read_csv
 from .errors import PuzzleError
+from .tensorfiles import (  # noqa: F401 - re-exported: the loader's pieces keep their old names here
+    MAX_FILE_BYTES,
+    MAX_PICKLE_BYTES,
+    NETWORK_KEY_RE,
+    PIECE_EXTS,
+    PIECE_RE,
+    SAFE_PICKLE_GLOBALS,
+    TensorData,
+    _short_list,
+    check_pickle_globals,
+    load_network_file,
+    load_piece,
+    read_tensor_file,
+    scan_piece_folder,
+)
 
-PIECE_EXTS = ("pth", "pt", "safetensors", "npz")
-PIECE_RE = re.compile(r"^piece_(\d{1,9})\.(pth|pt|safetensors|npz)$")
-NETWORK_KEY_RE = re.compile(r"^piece_(\d{1,9})\.(weight|bias)$")
 NETWORK_FILE_NAMES = tuple(f"{stem}.{ext}" for stem in ("pieces", "network") for ext in PIECE_EXTS)
 
-# Generous caps against a misnamed huge file or a zip bomb; real pieces are tens of KiB.
-MAX_FILE_BYTES = 4 << 30
-MAX_PICKLE_BYTES = 64 << 20
+# Old private names, kept for code and tests that import them from here.
+_load_piece = load_piece
+_load_network_file = load_network_file
+_read_tensor_file = read_tensor_file
+_scan_piece_folder = scan_piece_folder
+_read_csv = read_csv
 
-# The only globals a zip-format torch file of plain dense tensors needs. Storage classes of every dtype
-# are harmless and allowed so that a wrong dtype gets a precise message after loading.
-_STORAGES = tuple(
-    f"{t}Storage" for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-                            "ComplexFloat", "ComplexDouble")
-)
-SAFE_PICKLE_GLOBALS = frozenset(
-    [("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter")]
-    + [("torch", s) for s in _STORAGES]
-)
-_STRING_PUSH_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-_MEMO_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
-_MEMO_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
-_REFUSED_OPS = {"OBJ", "EXT1", "EXT2", "EXT4"}
+ARRAY_FIELDS = ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last", "X", "pred", "true")
+
+
+def _as_numpy(a) -> np.ndarray:
+    """A numpy array for an array or a CPU torch tensor (shares its memory; no copy where none is needed)."""
+    if loaded("torch") and isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.dtype.isnative:  # the canonical dtype object: the C++ core checks dtypes by identity
+        c = np.dtype(a.dtype.char)
+        if a.dtype is not c and a.dtype == c:
+            a = a.view(c)
+    return a
 
 
 @dataclass
+class PuzzleArrays:
+    """The puzzle's numbers as numpy arrays (float32 when loaded from files); what the C++ core reads."""
+
+    W_in: np.ndarray
+    b_in: np.ndarray
+    W_out: np.ndarray
+    b_out: np.ndarray
+    W_last: np.ndarray
+    b_last: np.ndarray
+    X: np.ndarray
+    pred: np.ndarray
+    true: Optional[np.ndarray] = None
+
+    def __repr__(self) -> str:
+        return "PuzzleArrays(" + ", ".join(
+            f"{f}={'None' if getattr(self, f) is None else tuple(getattr(self, f).shape)}" for f in ARRAY_FIELDS) + ")"
+
+
+def _torch_view(name: str):
+    def get(self):
+        arr = getattr(self.arrays, name)
+        if arr is None:
+            return None
+        hit = self._views.get(name)
+        if hit is None or hit[0] is not arr:  # built on first use; rebuilt if the array was replaced
+            hit = self._views[name] = (arr, torch.from_numpy(arr))
+        return hit[1]
+
+    def set(self, value):
+        setattr(self.arrays, name, None if value is None else _as_numpy(value))
+        self._views.pop(name, None)
+
+    return property(get, set, doc=f"``{name}`` as a torch tensor sharing the numpy array's memory (torch loads on first use).")
+
+
 class Puzzle:
     """A loaded puzzle. Piece stacks are ordered by ascending piece id within each role.
 
@@ -91,22 +115,30 @@ class Puzzle:
     W_last (k, d), b_last (k,): the last layer (id ``last_id``);
     X (R, d) float32 inputs, pred (R, k) float32 recorded outputs, true (R, k) or None.
     ``notes``: things the loader ignored or adjusted (non-piece files, unused columns); the CLI prints them.
+
+    The numbers live in ``arrays`` (numpy; the C++ core reads these). The attributes ``W_in`` ... ``true``
+    are torch tensors over the same memory, made on first use, so torch code reads the puzzle as before and
+    a CPU solve never imports torch. The constructor takes numpy arrays or CPU torch tensors.
     """
 
-    inp_ids: List[int]
-    out_ids: List[int]
-    last_id: int
-    W_in: torch.Tensor
-    b_in: torch.Tensor
-    W_out: torch.Tensor
-    b_out: torch.Tensor
-    W_last: torch.Tensor
-    b_last: torch.Tensor
-    X: torch.Tensor
-    pred: torch.Tensor
-    true: Optional[torch.Tensor] = None
-    path: Optional[Path] = None
-    notes: List[str] = field(default_factory=list)
+    W_in = _torch_view("W_in")
+    b_in = _torch_view("b_in")
+    W_out = _torch_view("W_out")
+    b_out = _torch_view("b_out")
+    W_last = _torch_view("W_last")
+    b_last = _torch_view("b_last")
+    X = _torch_view("X")
+    pred = _torch_view("pred")
+    true = _torch_view("true")
+
+    def __init__(self, inp_ids: List[int], out_ids: List[int], last_id: int, W_in, b_in, W_out, b_out, W_last, b_last,
+                 X, pred, true=None, path: Optional[Path] = None, notes: Optional[List[str]] = None):
+        self.inp_ids, self.out_ids, self.last_id = list(inp_ids), list(out_ids), last_id
+        self.arrays = PuzzleArrays(*(_as_numpy(a) for a in (W_in, b_in, W_out, b_out, W_last, b_last, X, pred)),
+                                   true=None if true is None else _as_numpy(true))
+        self._views: Dict[str, tuple] = {}
+        self.path = path
+        self.notes: List[str] = list(notes) if notes else []
 
     @property
     def n_blocks(self) -> int:
@@ -114,19 +146,19 @@ class Puzzle:
 
     @property
     def d(self) -> int:
-        return int(self.W_in.shape[2])
+        return int(self.arrays.W_in.shape[2])
 
     @property
     def h(self) -> int:
-        return int(self.W_in.shape[1])
+        return int(self.arrays.W_in.shape[1])
 
     @property
     def k(self) -> int:
-        return int(self.W_last.shape[0])
+        return int(self.arrays.W_last.shape[0])
 
     @property
     def n_rows(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.arrays.X.shape[0])
 
     def answer(self, order_in: List[int], order_out: List[int]) -> List[int]:
         """Piece ids in execution order (the puzzle's answer format) for blocks given as stack indices."""
@@ -136,459 +168,9 @@ class Puzzle:
         ids.append(self.last_id)
         return ids
 
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    if len(line) > 200:
-        line = line[:200] + "..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-
-
-def _is_rust_panic(exc: BaseException) -> bool:
-    # pyo3 (safetensors) turns a Rust panic into PanicException, a BaseException subclass.
-    return type(exc).__name__ == "PanicException"
-
-
-def _short_list(items: Iterable, limit: int = 8) -> str:
-    items = list(items)
-    text = ", ".join(str(x) for x in items[:limit])
-    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if not path.is_file():
-            raise PuzzleError("is not a regular file", path)
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PuzzleError(f"file is too large ({size} bytes; limit {MAX_FILE_BYTES})", path)
-        return path.read_bytes()
-    except OSError as exc:
-        raise PuzzleError(f"cannot read file ({exc.strerror or _first_line(exc)})", path) from None
-
-
-def _open_zip(raw: bytes, path: Path, what: str) -> zipfile.ZipFile:
-    """Open and sanity-check a zip held in memory: readable directory, no duplicate names, sane sizes."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(raw))
-        infos = zf.infolist()
-    except Exception as exc:  # noqa: BLE001 - zipfile raises many types on corrupt input
-        raise PuzzleError(f"truncated or corrupt {what} (zip: {_first_line(exc)})", path) from None
-    names = [i.filename for i in infos]
-    dup = sorted(n for n, c in Counter(names).items() if c > 1)
-    if dup:
-        raise PuzzleError(f"corrupt {what}: zip entry names repeated ({_short_list(dup)})", path)
-    total = sum(i.file_size for i in infos)
-    if total > MAX_FILE_BYTES:
-        raise PuzzleError(f"{what} would unpack to {total} bytes (limit {MAX_FILE_BYTES})", path)
-    return zf
-
-
-# ------------------------------------------------------------------------------------------ torch files
-
-
-def check_pickle_globals(data: bytes, path: Optional[Path] = None) -> None:
-    """Refuse a pickle that references any global outside ``SAFE_PICKLE_GLOBALS`` (or uses opcodes that
-    build objects from unchecked classes). Only scans the opcode stream; nothing is unpickled.
-
-    ``STACK_GLOBAL`` takes its names from the stack, so it is accepted only when the two pushes just before
-    it are constant strings (directly or fetched from the memo); anything cleverer is refused."""
-    memo: Dict[int, Optional[str]] = {}
-    pushes: List[Optional[str]] = []  # consecutive pushes right before the current opcode
-
-    def refuse(why: str) -> None:
-        raise PuzzleError(f"refused unsafe pickle: {why} (a piece may hold only tensors)", path)
-
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            name = op.name
-            if name in ("GLOBAL", "INST"):
-                module, _, qual = str(arg).partition(" ")
-                if (module, qual) not in SAFE_PICKLE_GLOBALS:
-                    refuse(f"it references {module}.{qual}")
-                pushes = [None]
-            elif name == "STACK_GLOBAL":
-                if len(pushes) < 2 or pushes[-1] is None or pushes[-2] is None:
-                    refuse("STACK_GLOBAL with names that are not constant strings")
-                if (pushes[-2], pushes[-1]) not in SAFE_PICKLE_GLOBALS:
-                    refuse(f"it references {pushes[-2]}.{pushes[-1]}")
-                pushes = [None]
-            elif name in _REFUSED_OPS:
-                refuse(f"opcode {name}")
-            elif name in _STRING_PUSH_OPS:
-                pushes.append(arg if isinstance(arg, str) else (arg.decode("latin-1") if isinstance(arg, bytes) else None))
-            elif name == "MEMOIZE":
-                memo[len(memo)] = pushes[-1] if pushes else None
-            elif name in _MEMO_PUT_OPS:
-                memo[int(arg)] = pushes[-1] if pushes else None
-            elif name in _MEMO_GET_OPS:
-                pushes.append(memo.get(int(arg)))
-            elif name in ("PROTO", "FRAME"):
-                pass
-            else:
-                pushes = []
-    except PuzzleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError and friends on bad streams
-        raise PuzzleError(f"corrupt pickle in torch file ({_first_line(exc)})", path) from None
-
-
-def _read_torch(raw: bytes, path: Path) -> object:
-    if not raw:
-        raise PuzzleError("file is empty (0 bytes)", path)
-    if not raw.startswith(b"PK\x03\x04"):
-        kind = "a bare pickle" if raw[:1] == b"\x80" else "not a zip archive"
-        raise PuzzleError(
-            f"not a zip-format torch file ({kind}); legacy torch files and bare pickles are refused because "
-            "they cannot be checked before unpickling (re-save with torch.save in torch >= 1.6)",
-            path,
-        )
-    zf = _open_zip(raw, path, "torch file")
-    pkls = [i for i in zf.infolist() if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
-    if len(pkls) != 1:
-        raise PuzzleError(f"not a torch file: expected one data.pkl in the zip, found {len(pkls)}", path)
-    if pkls[0].file_size > MAX_PICKLE_BYTES:
-        raise PuzzleError(f"data.pkl is too large ({pkls[0].file_size} bytes)", path)
-    try:
-        pkl = zf.read(pkls[0])
-    except Exception as exc:  # noqa: BLE001
-        raise PuzzleError(f"truncated or corrupt torch file (data.pkl: {_first_line(exc)})", path) from None
-    check_pickle_globals(pkl, path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise PuzzleError(f"cannot load torch file ({_first_line(exc)})", path) from None
-
-
-def _read_safetensors(raw: bytes, path: Path) -> Dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load as st_load
-    except ImportError:
-        raise PuzzleError(
-            "reading .safetensors needs the optional 'safetensors' package (pip install safetensors)", path
-        ) from None
-    if not raw:
-        raise PuzzleError("file is empty (0 bytes)", path)
-    try:
-        return st_load(raw)
-    except Exception as exc:  # noqa: BLE001
-        raise PuzzleError(f"cannot load safetensors file ({_first_line(exc)})", path) from None
-    except BaseException as exc:
-        if _is_rust_panic(exc):
-            raise PuzzleError(f"cannot load safetensors file ({_first_line(exc)})", path) from None
-        raise
-
-
-def _read_npz(raw: bytes, path: Path) -> Dict[str, torch.Tensor]:
-    if not raw:
-        raise PuzzleError("file is empty (0 bytes)", path)
-    if not raw.startswith(b"PK"):
-        raise PuzzleError("not an .npz (zip) archive", path)
-    _open_zip(raw, path, ".npz archive")
-    out: Dict[str, torch.Tensor] = {}
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            for key in npz.files:
-                arr = npz[key]
-                if arr.dtype.kind != "f":
-                    raise PuzzleError(f"array {key!r} has dtype {arr.dtype}, expected floating point", path)
-                # Copy into native byte order; float16 widens losslessly to float32.
-                arr = np.array(arr, dtype=np.float64 if arr.dtype.itemsize > 4 else np.float32)
-                out[key] = torch.from_numpy(arr)
-    except PuzzleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - np.load raises ValueError, OSError, zipfile errors, ...
-        raise PuzzleError(f"cannot load .npz file ({_first_line(exc)})", path) from None
-    return out
-
-
-def _read_tensor_file(path: Path) -> Dict[str, torch.Tensor]:
-    """A flat ``{str: Tensor}`` mapping from a .pth/.pt, .safetensors or .npz file; anything else is refused."""
-    ext = path.suffix.lower().lstrip(".")
-    if ext not in PIECE_EXTS:
-        raise PuzzleError(f"unsupported file type '.{ext}' (expected one of {', '.join(PIECE_EXTS)})", path)
-    raw = _read_bytes(path)
-    if ext == "safetensors":
-        obj: object = _read_safetensors(raw, path)
-    elif ext == "npz":
-        obj = _read_npz(raw, path)
-    else:
-        obj = _read_torch(raw, path)
-    if not isinstance(obj, dict):
-        raise PuzzleError(f"holds a {type(obj).__name__}, expected a dict of tensors", path)
-    for key, val in obj.items():
-        if not isinstance(key, str):
-            raise PuzzleError(f"has a non-string key {key!r}; expected a dict of named tensors", path)
-        if not isinstance(val, torch.Tensor):
-            raise PuzzleError(f"value of {key!r} is a {type(val).__name__}, not a tensor", path)
-    return obj  # type: ignore[return-value]
-
-
-def _check_tensor(t: torch.Tensor, path: Path, label: str) -> torch.Tensor:
-    if t.layout != torch.strided or t.is_quantized:
-        raise PuzzleError(f"{label} is not a plain dense tensor (layout {t.layout})", path)
-    if t.is_meta:
-        raise PuzzleError(f"{label} is a meta tensor without data", path)
-    if not t.dtype.is_floating_point:
-        raise PuzzleError(f"{label} has dtype {t.dtype}, expected floating point", path)
-    # Own copy in float32: the file may store views sharing one storage, or wider/narrower floats.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = t.detach().to(torch.float32, copy=True).contiguous()
-    bad = ~torch.isfinite(out)
-    if bool(bad.any()):
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        v = float(t.detach().to(torch.float64)[idx]) if t.dim() else float(t)
-        what = "NaN" if v != v else ("inf" if abs(v) == float("inf") else f"{v!r} (overflows float32)")
-        n = int(bad.sum())
-        raise PuzzleError(
-            f"{label} contains {what} at index {idx if len(idx) != 1 else idx[0]}"
-            + (f" ({n} non-finite values in all)" if n > 1 else ""),
-            path,
-        )
-    return out
-
-
-def _check_layer(w: torch.Tensor, b: torch.Tensor, path: Path, prefix: str = "") -> Dict[str, torch.Tensor]:
-    lw, lb = f"{prefix}weight", f"{prefix}bias"
-    if w.dim() != 2:
-        raise PuzzleError(f"{lw} has shape {tuple(w.shape)}, expected 2 dimensions (out, in)", path)
-    if b.dim() != 1:
-        raise PuzzleError(f"{lb} has shape {tuple(b.shape)}, expected 1 dimension (out,)", path)
-    if w.shape[0] == 0 or w.shape[1] == 0:
-        raise PuzzleError(f"{lw} has an empty shape {tuple(w.shape)}", path)
-    if b.shape[0] != w.shape[0]:
-        raise PuzzleError(
-            f"{lw} of shape {tuple(w.shape)} and {lb} of shape {tuple(b.shape)} do not match "
-            f"(bias needs {w.shape[0]} entries)",
-            path,
-        )
-    return {"weight": _check_tensor(w, path, lw), "bias": _check_tensor(b, path, lb)}
-
-
-def _load_piece(path: Path) -> Dict[str, torch.Tensor]:
-    """One piece file -> {'weight': (out, in) float32, 'bias': (out,) float32}, fully validated."""
-    path = Path(path)
-    obj = _read_tensor_file(path)
-    keys = set(obj)
-    if keys != {"weight", "bias"}:
-        missing = sorted({"weight", "bias"} - keys)
-        extra = sorted(keys - {"weight", "bias"})
-        parts = ([f"missing {_short_list(map(repr, missing))}"] if missing else []) + (
-            [f"unexpected key(s) {_short_list(map(repr, extra))}"] if extra else []
-        )
-        raise PuzzleError(f"a piece must hold exactly 'weight' and 'bias': {'; '.join(parts)}", path)
-    return _check_layer(obj["weight"], obj["bias"], path)
-
-
-def _check_ids(ids: Iterable[int], where: Path, name_of) -> None:
-    ids = set(ids)
-    m = len(ids)
-    missing = sorted(set(range(m)) - ids)
-    if missing:
-        beyond = sorted(ids - set(range(m)))
-        raise PuzzleError(
-            f"piece ids must be 0..{m - 1} for {m} pieces, each once: missing {_short_list(missing)}; "
-            f"out of range: {_short_list(name_of(i) for i in beyond)}",
-            where,
-        )
-
-
-def _load_network_file(path: Path) -> Tuple[Dict[int, Dict[str, torch.Tensor]], Dict[int, str]]:
-    """A single file with the whole shuffled network: keys piece_<id>.weight / piece_<id>.bias."""
-    tensors = _read_tensor_file(path)
-    groups: Dict[int, Dict[str, Tuple[str, torch.Tensor]]] = {}
-    unknown = []
-    for key, t in tensors.items():
-        m = NETWORK_KEY_RE.match(key)
-        if not m:
-            unknown.append(repr(key))
-            continue
-        i, part = int(m.group(1)), m.group(2)
-        g = groups.setdefault(i, {})
-        if part in g:
-            raise PuzzleError(f"duplicate piece id {i}: keys {g[part][0]!r} and {key!r}", path)
-        g[part] = (key, t)
-    if unknown:
-        raise PuzzleError(
-            f"unexpected key(s) {_short_list(unknown)}; a network file maps only piece_<id>.weight and "
-            "piece_<id>.bias to tensors",
-            path,
-        )
-    if not groups:
-        raise PuzzleError("no pieces (no piece_<id>.weight / piece_<id>.bias keys)", path)
-    for i, g in sorted(groups.items()):
-        if set(g) != {"weight", "bias"}:
-            have = next(iter(g))
-            raise PuzzleError(f"piece {i} has a {have} ({g[have][0]!r}) but no {'bias' if have == 'weight' else 'weight'}", path)
-    _check_ids(groups, path, lambda i: f"piece_{i}")
-    found = {i: _check_layer(g["weight"][1], g["bias"][1], path, f"piece_{i}.") for i, g in groups.items()}
-    return found, {i: f"{path.name}[piece_{i}]" for i in found}
-
-
-def _scan_piece_folder(folder: Path, notes: List[str], skip: Iterable[str] = ()) -> Dict[int, Path]:
-    try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
-    except OSError as exc:
-        raise PuzzleError(f"cannot list pieces folder ({exc.strerror or _first_line(exc)})", folder) from None
-    skip = set(skip)
-    by_id: Dict[int, Path] = {}
-    ignored = []
-    for f in entries:
-        m = PIECE_RE.match(f.name)
-        if not m:
-            if f.name not in skip:
-                ignored.append(f.name + ("/" if f.is_dir() else ""))
-            continue
-        i = int(m.group(1))
-        if i in by_id:
-            raise PuzzleError(f"duplicate piece id {i}: {by_id[i].name} and {f.name}", f)
-        by_id[i] = f
-    if ignored:
-        notes.append(f"ignored {len(ignored)} non-piece file(s) in {folder}: {_short_list(ignored)}")
-    if not by_id:
-        extra = f"; it holds only {_short_list(ignored)}" if ignored else " (the folder is empty)"
-        raise PuzzleError(f"no piece files (piece_<id>.pth, .pt, .safetensors or .npz){extra}", folder)
-    _check_ids(by_id, folder, lambda i: by_id[i].name)
-    return by_id
-
-
-# ----------------------------------------------------------------------------------------------- CSV
-
-
-def _column_values(df: pd.DataFrame, col: str, data: Path) -> None:
-    """Raise PuzzleError at the first non-numeric cell of ``col`` (row and line named)."""
-    s = df[col]
-    if s.dtype.kind in "fiu":
-        return
-    for r, v in enumerate(s.to_numpy(dtype=object)):
-        if v is None or (isinstance(v, float) and v != v):
-            continue
-        ok = not isinstance(v, (bool, np.bool_))
-        if ok:
-            try:
-                float(v)
-            except (TypeError, ValueError):
-                ok = False
-        if not ok:
-            shown = str(v) if len(str(v)) <= 40 else str(v)[:40] + "..."
-            raise PuzzleError(f"non-numeric value {shown!r} in column {col}, row {r} (line {r + 2})", data)
-
-
-def _numeric_block(df: pd.DataFrame, cols: List[str], data: Path) -> np.ndarray:
-    """(R, len(cols)) float32; every cell must be a finite number that fits float32."""
-    for c in cols:
-        _column_values(df, c, data)
-    if all(df[c].dtype.kind in "fiu" for c in cols):
-        x64 = df[cols].to_numpy(dtype=np.float64)
-    else:
-        x64 = np.column_stack([pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64) for c in cols])
-    with np.errstate(over="ignore", invalid="ignore"):
-        x32 = x64.astype(np.float32)
-    bad = ~np.isfinite(x32)
-    if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
-        v = x64[r, c]
-        what = "empty or NaN cell" if v != v else ("infinite value" if np.isinf(v) else f"value {float(v)!r} (overflows float32)")
-        n = int(bad.sum())
-        more = f"; {n - 1} more non-finite cell(s)" if n > 1 else ""
-        raise PuzzleError(f"{what} in column {cols[c]}, row {r} (line {r + 2}){more}", data)
-    return x32
-
-
-def _indexed_columns(cols: List[str], stem: str, data: Path) -> List[str]:
-    """Columns ``<stem>_<i>`` ordered by i; refuses duplicates (by value) and gaps."""
-    by_i: Dict[int, str] = {}
-    for c in cols:
-        m = re.fullmatch(rf"{stem}_(\d{{1,9}})", c)
-        if m:
-            i = int(m.group(1))
-            if i in by_i:
-                raise PuzzleError(f"duplicate column index: {by_i[i]} and {c}", data)
-            by_i[i] = c
-    if by_i:
-        missing = sorted(set(range(max(by_i) + 1)) - set(by_i))
-        if missing:
-            raise PuzzleError(
-                f"{stem} columns have gaps: missing {_short_list(f'{stem}_{i}' for i in missing)} "
-                f"(have {len(by_i)} columns up to {stem}_{max(by_i)})",
-                data,
-            )
-    return [by_i[i] for i in sorted(by_i)]
-
-
-def _read_csv(data: Path, notes: Optional[List[str]] = None):
-    """Read and validate the data CSV -> (X (R, d), pred (R, k), true (R, k) or None, data path)."""
-    notes = notes if notes is not None else []
-    data = Path(data)
-    try:
-        size = data.stat().st_size
-    except OSError as exc:
-        raise PuzzleError(f"cannot read data CSV ({exc.strerror or _first_line(exc)})", data) from None
-    if size == 0:
-        raise PuzzleError("data CSV is empty (0 bytes)", data)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*float_precision.*")  # deprecated in pandas 3, still honoured
-            warnings.simplefilter("error", pd.errors.ParserWarning)  # e.g. more fields than header names
-            df = pd.read_csv(data, float_precision="round_trip", index_col=False, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise PuzzleError("data CSV has no header line", data) from None
-    except UnicodeDecodeError as exc:
-        raise PuzzleError(f"data CSV is not UTF-8 text (bad byte at offset {exc.start})", data) from None
-    except pd.errors.ParserWarning as exc:
-        raise PuzzleError(f"malformed CSV: row fields do not match the header ({_first_line(exc)})", data) from None
-    except Exception as exc:  # noqa: BLE001 - the parser raises several types on malformed text
-        raise PuzzleError(f"malformed CSV ({_first_line(exc)})", data) from None
-
-    cols = [str(c) for c in df.columns]
-    df.columns = cols
-    for c in cols:  # pandas renames a repeated header "a" to "a.1"
-        m = re.fullmatch(r"(.+)\.(\d+)", c)
-        if m and m.group(1) in cols:
-            raise PuzzleError(f"duplicate column {m.group(1)!r} in the header", data)
-    meas = _indexed_columns(cols, "measurement", data)
-    if not meas:
-        raise PuzzleError(f"no measurement_<i> columns (header: {_short_list(cols)})", data)
-    preds = _indexed_columns(cols, "pred", data)
-    if "pred" in cols:
-        if preds:
-            raise PuzzleError(f"both 'pred' and {preds[0]!r} columns; use one form", data)
-        preds = ["pred"]
-    if not preds:
-        raise PuzzleError(f"no 'pred' column (or pred_0..pred_<k-1>) (header: {_short_list(cols)})", data)
-    trues = _indexed_columns(cols, "true", data)
-    if "true" in cols:
-        trues = ["true"] if not trues else trues + ["true"]
-    if trues and len(trues) != len(preds):
-        notes.append(f"{data}: ignored true column(s) {_short_list(trues)}: {len(trues)} of them for {len(preds)} pred column(s)")
-        trues = []
-    other = [c for c in cols if c not in set(meas) | set(preds) | set(trues)]
-    if other:
-        notes.append(f"{data}: ignored column(s) {_short_list(other)}")
-
-    # Blank lines are kept as all-NaN rows so row numbers match lines; drop trailing ones only.
-    n = len(df)
-    used = meas + preds + trues
-    blank = df[used].isna().all(axis=1).to_numpy()
-    while n and blank[n - 1]:
-        n -= 1
-    if n < len(df):
-        notes.append(f"{data}: ignored {len(df) - n} empty line(s) at the end")
-        df = df.iloc[:n]
-    if n == 0:
-        raise PuzzleError("data CSV has a header but no data rows", data)
-
-    X = torch.from_numpy(_numeric_block(df, meas, data))
-    pred = torch.from_numpy(_numeric_block(df, preds, data))
-    true = torch.from_numpy(_numeric_block(df, trues, data)) if trues else None
-    return X, pred, true, data
+    def __repr__(self) -> str:
+        where = f", path={str(self.path)!r}" if self.path is not None else ""
+        return f"Puzzle(N={self.n_blocks}, d={self.d}, h={self.h}, k={self.k}, rows={self.n_rows}{where})"
 
 
 # ------------------------------------------------------------------------------------------- assembly
@@ -655,7 +237,7 @@ def _mismatch_parts(shapes: Dict[tuple, List[int]], d: int, k: int, name_of) -> 
 
 
 def assemble(
-    found: Dict[int, Dict[str, torch.Tensor]],
+    found: Dict[int, Dict[str, object]],
     csv,
     path=None,
     source=None,
@@ -663,9 +245,12 @@ def assemble(
 ) -> Puzzle:
     """Sort pieces into roles by shape and build a Puzzle (used by every loader).
 
-    ``found``: piece id -> {'weight', 'bias'}; ``csv``: (X (R, d), pred (R, k), true or None, data path);
-    ``source``: where the pieces came from (for messages); ``files``: piece id -> file name (for messages)."""
+    ``found``: piece id -> {'weight', 'bias'} (numpy arrays or torch tensors); ``csv``: (X (R, d), pred (R, k),
+    true or None, data path); ``source``: where the pieces came from (for messages); ``files``: piece id ->
+    file name (for messages)."""
     X, pred, true, data = csv
+    X, pred, true = _as_numpy(X), _as_numpy(pred), (None if true is None else _as_numpy(true))
+    found = {i: {key: _as_numpy(v) for key, v in p.items()} for i, p in found.items()}
     name_of = (lambda i: files.get(i, f"piece {i}")) if files else (lambda i: f"piece {i}")
     if not found:
         raise PuzzleError("no pieces", source)
@@ -714,13 +299,20 @@ def assemble(
     inp = sorted(shapes[(h, d)])
     out = sorted(shapes[(d, h)])
     last = shapes[(k, d)]
-    st = lambda ids, key: torch.stack([found[i][key] for i in ids])  # noqa: E731
+    st = lambda ids, key: np.stack([found[i][key] for i in ids])  # noqa: E731
     return Puzzle(
         inp_ids=inp, out_ids=out, last_id=last[0],
         W_in=st(inp, "weight"), b_in=st(inp, "bias"), W_out=st(out, "weight"), b_out=st(out, "bias"),
         W_last=found[last[0]]["weight"], b_last=found[last[0]]["bias"],
         X=X, pred=pred, true=true, path=Path(path) if path is not None else None,
     )
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def _default_pieces(root: Path) -> Path:
+    sub = root / "pieces"
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -774,12 +366,12 @@ def load_puzzle(
 
     if pieces.is_dir():
         skip = [data.name] if data.parent.resolve() == pieces.resolve() else []
-        by_id = _scan_piece_folder(pieces, notes, skip)
-        found = {i: _load_piece(f) for i, f in by_id.items()}
+        by_id = scan_piece_folder(pieces, notes, skip)
+        found = {i: load_piece(f) for i, f in by_id.items()}
         files = {i: f.name for i, f in by_id.items()}
     else:
-        found, files = _load_network_file(pieces)
-    csv = _read_csv(data, notes)
+        found, files = load_network_file(pieces)
+    csv = read_csv(data, notes)
     puzzle = assemble(found, csv, path=root, source=pieces, files=files)
     puzzle.notes.extend(notes)
     return puzzle

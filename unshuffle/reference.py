@@ -25,11 +25,12 @@ sequence from there to the end.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
-import torch
+from ._lazy import torch
 
-Tensor = torch.Tensor
+if TYPE_CHECKING:  # annotations only: importing this module must not load torch
+    from torch import Tensor
 
 
 def block_forward(x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:

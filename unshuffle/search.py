@@ -11,10 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
-import torch
-
 from . import moves as mv
 from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken
+from ._lazy import torch
 from .reference import final_sse
 
 DEFAULT_SCHEDULE = ((mv.ADJACENT,), (mv.SWAP, mv.INSERT), (mv.REPAIR,))
@@ -192,7 +191,7 @@ def local_search_native(
 
     from . import _core
 
-    f = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+    f = lambda t: np.ascontiguousarray(t if isinstance(t, np.ndarray) else t.detach().cpu().numpy(), dtype=np.float32)
     args = [f(X), f(target), f(W_in), f(b_in), f(W_out), f(b_out), f(W_last), f(b_last),
             np.asarray(order_in, dtype=np.int64), np.asarray(order_out, dtype=np.int64)]
     token = token if token is not None else CancelToken()

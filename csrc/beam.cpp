@@ -1,5 +1,7 @@
 #include "beam.hpp"
 
+#include "search.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -241,6 +243,156 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
     ++res.n_final;
   }
   if (static_cast<int64_t>(res.losses.size()) != res.n_final) res.losses.resize(static_cast<std::size_t>(res.n_final));
+  return res;
+}
+
+namespace {
+
+struct Move {
+  int kind;
+  int64_t i, j, s;  // s: first changed position
+};
+
+void path_moves(const std::vector<int>& kinds, int64_t first, int64_t N, std::vector<Move>& out) {
+  out.clear();
+  for (int kind : kinds) {
+    switch (kind) {
+      case kAdjacent:
+        for (int64_t i = first; i + 1 < N; ++i) out.push_back({kind, i, i + 1, i});
+        break;
+      case kSwap:
+        for (int64_t i = first; i + 1 < N; ++i)
+          for (int64_t j = i + 2; j < N; ++j) out.push_back({kind, i, j, i});
+        break;
+      case kInsert:
+        for (int64_t i = first; i < N; ++i)
+          for (int64_t j = first; j < N; ++j)
+            if (i - j >= 2 || j - i >= 2) out.push_back({kind, i, j, std::min(i, j)});
+        break;
+      case kRepair:
+        for (int64_t i = first; i + 1 < N; ++i)
+          for (int64_t j = i + 1; j < N; ++j) out.push_back({kind, i, j, i});
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Strict improvement guarded against float noise (as the MSE search's).
+inline bool path_improves(double next, double cur) { return next < cur * (1.0 - 1e-9) - 1e-30; }
+
+}  // namespace
+
+PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, const float* target, int64_t k,
+                             const int64_t* order_in, const int64_t* order_out, int64_t N,
+                             const PathSearchParams& P, const Stopper& stop) {
+  const int64_t d = net.d;
+  const double nvals = static_cast<double>(R * k);
+  PathSearchResult res;
+  std::vector<int64_t> oin(order_in, order_in + N), oout(order_out, order_out + N);
+  // prefix[p]: rows after p blocks; probe[p]: probe loss of prefix[p] (p >= 1).
+  std::vector<float> prefix(static_cast<std::size_t>((N + 1) * R * d));
+  std::vector<double> probe(static_cast<std::size_t>(N + 1), 0.0);
+  std::copy(X, X + R * d, prefix.begin());
+  RowApplier ap(net);
+  Probe pr(d, k, P.features, P.ridge);
+  auto refresh = [&](int64_t from) {  // recompute prefix and probe losses after position `from`
+    for (int64_t p = from; p < N; ++p) {
+      ap.apply(oin[p], oout[p], prefix.data() + p * R * d, prefix.data() + (p + 1) * R * d, R);
+      probe[p + 1] = pr.sse(prefix.data() + (p + 1) * R * d, R, target) / nvals;
+      ++res.probes;
+    }
+  };
+  refresh(0);
+  const int64_t first = std::max<int64_t>(0, std::min<int64_t>(P.first, N));
+  auto total = [&]() {
+    double J = 0.0;
+    for (int64_t p = first + 1; p <= N; ++p) J += probe[p];
+    return J;
+  };
+  double cur = total();
+  std::vector<Move> moves;
+  path_moves(P.kinds, first, N, moves);
+  const int64_t K = static_cast<int64_t>(moves.size());
+  std::vector<double> cand(static_cast<std::size_t>(K));
+  std::vector<double> head(static_cast<std::size_t>(N + 1), 0.0);  // head[s] = sum of probe[first+1 .. s]
+#ifdef _OPENMP
+  const int nt = P.n_threads > 0 ? P.n_threads : omp_get_max_threads();
+#else
+  const int nt = 1;
+#endif
+  while (true) {
+    if (const char* why = stop.reason()) { res.stopped = why; break; }
+    if (res.rounds >= P.max_rounds) { res.stopped = "max_rounds"; break; }
+    if (K == 0) { res.stopped = "local_optimum"; break; }
+    ++res.rounds;
+    for (int64_t s = 0; s <= N; ++s) head[s] = (s > first ? head[s - 1] + probe[s] : 0.0);
+    std::atomic<bool> halted{false};
+    std::atomic<int64_t> nprobes{0};
+    // The round's best J so far, shared by the threads as a bound (a double in an atomic<int64_t>'s bits
+    // would do; a plain mutex-free min via compare-exchange on the double's value is enough here).
+    std::atomic<double> bound{cur};
+#pragma omp parallel num_threads(nt) if (nt > 1 && K > 1)
+    {
+      RowApplier tap(net);
+      Probe tpr(d, k, P.features, P.ridge);
+      std::vector<float> x(static_cast<std::size_t>(R * d)), y(static_cast<std::size_t>(R * d));
+      std::vector<int64_t> tin(static_cast<std::size_t>(N)), tout(static_cast<std::size_t>(N));
+      int64_t local_probes = 0;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < K; ++c) {
+        cand[c] = INFINITY;
+        if (halted.load(std::memory_order_relaxed)) continue;
+        if (stop.should_stop()) {
+          halted.store(true, std::memory_order_relaxed);
+          continue;
+        }
+        const Move& mv = moves[c];
+        std::copy(oin.begin(), oin.end(), tin.begin());
+        std::copy(oout.begin(), oout.end(), tout.begin());
+        apply_move(tin.data(), tout.data(), N, mv.kind, mv.i, mv.j);
+        double acc = head[mv.s];
+        const float* src = prefix.data() + mv.s * R * d;
+        bool cut = false;
+        for (int64_t p = mv.s; p < N; ++p) {
+          tap.apply(tin[p], tout[p], src, y.data(), R);
+          acc += tpr.sse(y.data(), R, target) / nvals;
+          ++local_probes;
+          // every later term is >= 0: once past the best known J this candidate cannot win (strict >, so a
+          // candidate tying the eventual best is always completed and the tie goes to the lower index)
+          if (acc > bound.load(std::memory_order_relaxed)) { cut = true; break; }
+          x.swap(y);
+          src = x.data();
+        }
+        if (cut) continue;
+        cand[c] = acc;
+        double b = bound.load(std::memory_order_relaxed);
+        while (acc < b && !bound.compare_exchange_weak(b, acc, std::memory_order_relaxed)) {
+        }
+      }
+      nprobes.fetch_add(local_probes);
+    }
+    res.probes += nprobes.load();
+    res.candidates += K;
+    if (halted.load()) {
+      const char* why = stop.reason();
+      res.stopped = why ? why : "interrupted";
+      break;
+    }
+    int64_t best = -1;
+    for (int64_t c = 0; c < K; ++c)
+      if (std::isfinite(cand[c]) && (best < 0 || cand[c] < cand[best])) best = c;
+    if (best < 0 || !path_improves(cand[best], cur)) { res.stopped = "local_optimum"; break; }
+    const Move& mv = moves[best];
+    apply_move(oin.data(), oout.data(), N, mv.kind, mv.i, mv.j);
+    refresh(mv.s);
+    cur = total();
+    res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(mv.kind), static_cast<double>(mv.i),
+                           static_cast<double>(mv.j), cur});
+  }
+  res.order_in = oin, res.order_out = oout, res.J = cur;
+  res.path.assign(probe.begin() + 1, probe.end());
   return res;
 }
 

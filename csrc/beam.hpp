@@ -2,6 +2,7 @@
 // readout of its activations predicts the target (docs/ORDERING.md, "Probe beam"). No Python headers.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -57,5 +58,36 @@ struct BeamResult {
 BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const float* target, int64_t k,
                       const int64_t* allowed, int64_t m, const int64_t* prefix_in, const int64_t* prefix_out,
                       int64_t P0, const BeamParams& params, const Stopper& stop);
+
+}  // namespace unshuffle
+
+namespace unshuffle {
+
+// Local search on the probe path (docs/ORDERING.md, "Path search"): J(order) = sum over depths p > first of
+// the probe loss of the activations after p blocks. Best improvement over the given move kinds (adjacent,
+// swap, insert, repair) on positions >= first, all kinds at once. A candidate's evaluation stops as soon as
+// its partial sum exceeds the best J known in the round (probe losses are >= 0), which keeps the result
+// exact (the same move as a full evaluation would pick, ties to the lower candidate index).
+struct PathSearchParams {
+  std::vector<int> kinds;
+  int64_t first = 0;
+  int features = kProbeQuadratic;
+  double ridge = 1e-10;
+  int64_t max_rounds = 1000;
+  int n_threads = 0;
+};
+
+struct PathSearchResult {
+  std::vector<int64_t> order_in, order_out;
+  double J = 0.0;                               // sum of probe losses (each SSE / (R k)) over depths > first
+  std::vector<double> path;                     // (N,) probe loss after each depth 1..N of the final order
+  std::vector<std::array<double, 5>> history;   // [round, kind, i, j, J after]
+  int64_t rounds = 0, candidates = 0, probes = 0;
+  std::string stopped;                          // local_optimum | max_rounds | interrupted | time_limit
+};
+
+PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, const float* target, int64_t k,
+                             const int64_t* order_in, const int64_t* order_out, int64_t N,
+                             const PathSearchParams& params, const Stopper& stop);
 
 }  // namespace unshuffle

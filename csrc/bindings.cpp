@@ -555,6 +555,51 @@ py::tuple parse_csv_py(py::buffer buf, int64_t offset, int64_t ncols, int n_thre
   return py::make_tuple(r.ok ? py::object(out) : py::object(py::none()), why);
 }
 
+py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
+                        py::array b_out, py::array order_in, py::array order_out, py::object kinds, int64_t first,
+                        const std::string& features, double ridge, int64_t max_rounds, int n_threads,
+                        const StopFlag* stop, py::object time_limit_s) {
+  const std::string fn = "path_search";
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  auto ts = check(target, fn, "target", true, 2, "(R, k)");
+  expect_shape(fn, "target", target, {R, ts[1]}, "(R, k): one row per row of X");
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  check_threads(fn, n_threads);
+  if (first < 0) fail(fn, "first must be >= 0, got " + std::to_string(first));
+  if (max_rounds < 0) fail(fn, "max_rounds must be >= 0, got " + std::to_string(max_rounds));
+  if (!(ridge >= 0)) fail(fn, "ridge must be >= 0");
+  PathSearchParams p;
+  p.kinds = parse_kinds(fn, "kinds", kinds);
+  p.first = first, p.features = parse_features(fn, features), p.ridge = ridge, p.max_rounds = max_rounds;
+  p.n_threads = n_threads;
+  const double tl = parse_time_limit(fn, time_limit_s);
+  const int64_t N = order_in.shape(0);
+  PathSearchResult r;
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    const Stopper stopper(stop, tl);
+    r = path_search(net, ptr<float>(X), R, ptr<float>(target), ts[1], ptr<int64_t>(order_in),
+                    ptr<int64_t>(order_out), N, p, stopper);
+  }
+  std::vector<double> hist;
+  for (const auto& row : r.history) hist.insert(hist.end(), row.begin(), row.end());
+  py::dict out;
+  out["order_in"] = to_array(r.order_in, {static_cast<py::ssize_t>(N)});
+  out["order_out"] = to_array(r.order_out, {static_cast<py::ssize_t>(N)});
+  out["J"] = r.J;
+  out["path"] = to_array(r.path, {static_cast<py::ssize_t>(r.path.size())});
+  out["history"] = to_array(hist, {static_cast<py::ssize_t>(r.history.size()), 5});
+  out["rounds"] = r.rounds;
+  out["candidates"] = r.candidates;
+  out["probes"] = r.probes;
+  out["stopped"] = r.stopped;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -603,6 +648,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("ridge") = 1e-10,
         "SSE of the least-squares readout target ~ [x, x*x, 1] C ('quadratic') or [x, 1] C ('linear'),\n"
         "float32 inputs, normal equations in double (see unshuffle.beam.probe_sse_reference).");
+  m.def("path_search", &path_search_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
+        py::arg("W_out"), py::arg("b_out"), py::arg("order_in"), py::arg("order_out"),
+        py::arg("kinds") = std::vector<std::string>{"adjacent", "swap", "insert"}, py::arg("first") = 0,
+        py::arg("features") = "quadratic", py::arg("ridge") = 1e-10, py::arg("max_rounds") = 1000,
+        py::arg("n_threads") = 0, py::arg("stop") = nullptr, py::arg("time_limit_s") = py::none(),
+        "Best-improvement local search on J = sum over depths p > first of the probe loss after p blocks\n"
+        "(unshuffle.beam). Moves of `kinds` on positions >= first. Returns dict(order_in, order_out, J, path\n"
+        "(N,) probe loss after each depth, history (M, 5) [round, kind, i, j, J], rounds, candidates, probes,\n"
+        "stopped in {local_optimum, max_rounds, interrupted, time_limit}).");
   m.def("probe_beam", &probe_beam_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
         py::arg("W_out"), py::arg("b_out"), py::arg("allowed"), py::arg("prefix_in") = py::none(),
         py::arg("prefix_out") = py::none(), py::arg("width") = 16, py::arg("features") = "quadratic",

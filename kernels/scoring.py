@@ -115,6 +115,25 @@ if triton is not None:
 else:  # pragma: no cover
     _add_combine = None
 
+# The kernels' sum combine function is the global name ``_SUM``. Compiled, it is ``_add_combine`` (ours: a
+# JITFunction whatever the import order). Interpreted, it is triton's own ``_sum_combine``: the interpreter
+# recognises that one by identity and reduces with one numpy sum, where any other combine function makes it
+# loop in Python element by element (~100x slower); as the interpreter never calls it, the mode it was
+# wrapped in does not matter.
+_SUM = _add_combine
+
+
+def _interpreter_body(body):
+    """A copy of a kernel body whose ``_SUM`` is the interpreter's fast-path sum (see above)."""
+    import types
+
+    fast = getattr(getattr(tl, "standard", None), "_sum_combine", None) or _add_combine
+    g = dict(body.__globals__)
+    g["_SUM"] = fast
+    copy = types.FunctionType(body.__code__, g, body.__name__, body.__defaults__, body.__closure__)
+    copy.__qualname__, copy.__module__, copy.__doc__ = body.__qualname__, body.__module__, body.__doc__
+    return copy
+
 
 def _score_kernel_body(
     prefix_ptr,  # (P, R, d) f32, contiguous
@@ -199,8 +218,8 @@ def _score_kernel_body(
     tgt = tl.load(target_ptr + rows[:, None] * k + ck[None, :], mask=out_mask, other=0.0)
     # The contract: difference in float32, squared and summed in float64.
     diff = tl.where(out_mask, y - tgt, 0.0).to(tl.float64)
-    sq = tl.reduce(diff * diff, 1, _add_combine)  # (BLOCK_R,) f64
-    tl.store(partials_ptr + c * n_tiles + tile, tl.reduce(sq, 0, _add_combine))
+    sq = tl.reduce(diff * diff, 1, _SUM)  # (BLOCK_R,) f64
+    tl.store(partials_ptr + c * n_tiles + tile, tl.reduce(sq, 0, _SUM))
     if RETURN_OUTPUTS:
         tl.store(outputs_ptr + c * R * k + rows[:, None] * k + ck[None, :], y, mask=out_mask)
 
@@ -220,7 +239,7 @@ def _get_kernel(interpret: bool):
             if interpret:
                 from triton.runtime.interpreter import InterpretedFunction
 
-                kern = InterpretedFunction(_score_kernel_body)
+                kern = InterpretedFunction(_interpreter_body(_score_kernel_body))
             else:
                 from triton.runtime.jit import JITFunction
 

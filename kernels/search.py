@@ -36,7 +36,8 @@ interpreter's dot mis-reads bf16 operands), and tf32x3 is plain fp32: tests of t
 under the interpreter check the plumbing and the error's order of magnitude, not the hardware's bits.
 
 Interpreter/compiler mode is chosen per call, never at import (see ``kernels/scoring.py``'s docstring);
-the body uses only triton builtins plus ``tl.reduce`` with its own combine function.
+the body uses only triton builtins plus ``tl.reduce`` with the combine function ``_SUM`` (ours when
+compiled, triton's own under the interpreter, where it is ~100x faster: see ``kernels/scoring.py``).
 """
 from __future__ import annotations
 
@@ -45,14 +46,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .scoring import _add_combine, _next_pow2_at_least, interpreter_requested, triton, tl
-
-# The sum's combine function: triton's own ``_sum_combine`` when it exists, because the interpreter
-# recognises it by identity and reduces with one numpy sum (our own combine function makes it loop in
-# Python, element by element: ~100x slower). Compiled, both are the same inlined ``a + b``. (If triton was
-# first imported under TRITON_INTERPRET=1, the stdlib function is interpreter-bound: fine for CPU tensors,
-# which is all such a process can run here.)
-_SUM = getattr(getattr(tl, "standard", None), "_sum_combine", None) or _add_combine if tl is not None else None
+from .scoring import _SUM, _interpreter_body, _next_pow2_at_least, interpreter_requested, triton, tl
 
 Tensor = torch.Tensor
 
@@ -197,7 +191,7 @@ def _get_kernel(interpret: bool):
         if interpret:
             from triton.runtime.interpreter import InterpretedFunction
 
-            kern = InterpretedFunction(_search_kernel_body)
+            kern = InterpretedFunction(_interpreter_body(_search_kernel_body))  # fast sums (scoring.py)
         else:
             from triton.runtime.jit import JITFunction
 

@@ -172,6 +172,10 @@ def device_multi_search(
     d_in = torch.zeros((S, cols), dtype=torch.int32, device=dev)
     d_out = torch.zeros((S, cols), dtype=torch.int32, device=dev)
     prefix = ks.new_prefix(prob, S, n)
+    if block_r is None and not prob.interpret:
+        # One row tiling for every launch of this search, whatever the launch's size: a candidate's loss (its
+        # per-tile partial sums) then has the same bits alone or beside other searches' candidates.
+        block_r = 32 if prob.R_PAD <= 256 else 64
     knobs = dict(block_r=block_r, num_warps=num_warps)
 
     def set_order(st: _Search, oi, oo) -> None:

@@ -150,7 +150,7 @@ def step_scoring(a):
             checkpoint(doc)
     # a small launch-configuration sweep of the search kernel (warm), where the GPU is
     p = bks.make_problem(N, d, h, 1, rows[-1], bks.KINDS["swap_insert"])
-    configs = [(None, None)] if a.smoke else [(32, 4), (64, 4), (64, 8), (128, 8)]
+    configs = [(32, 4)] if a.smoke else [(32, 4), (64, 4), (64, 8), (128, 8)]
     doc["tuning"] = []
     for br, nw in configs:
         try:
@@ -279,7 +279,7 @@ def step_search(a):
     checkpoint(doc)
     # (b) many searches in one launch per round
     doc["multi_start"] = []
-    for S in ((1, 2) if a.smoke else (1, 4, 16, 64)):
+    for S in ((1, 2) if a.smoke else (1, 4, 16, 32)):
         starts = [(rng.permutation(N).tolist(), rng.permutation(N).tolist()) for _ in range(S)]
         st = {}
         t = time.perf_counter()
@@ -289,10 +289,10 @@ def step_search(a):
         cands = sum(x.candidates_scored for x in res)
         rec = dict(searches=S, seconds=wall, lockstep_rounds=st["lockstep_rounds"], candidates=cands,
                    candidates_per_s=cands / wall, launches=st["launches"], syncs=st["syncs"])
-        if S == 4 and _has_core():  # the same four searches one after the other in the C++ loop
+        if S == (2 if a.smoke else 4) and _has_core():  # the same searches one after the other in the C++ loop
             t = time.perf_counter()
             c4 = [local_search_native(pz.X, target, *w, s[0], s[1], seed=i, stop_loss=0.0, kicks=1, multi=True,
-                                      max_rounds=25) for i, s in enumerate(starts)]
+                                      max_rounds=2 if a.smoke else 25) for i, s in enumerate(starts)]
             rec["cpp_sequential_s"] = time.perf_counter() - t
             rec["speedup_vs_cpp"] = rec["cpp_sequential_s"] / wall
             rec["same_results_as_cpp"] = all(x.order_in == y.order_in for x, y in zip(res, c4))

@@ -67,6 +67,7 @@ def test_json_has_every_section(smoke):
     assert all(run["stopped"] == "exact" and run["right_answer"] for run in doc["precision"]["search"]["runs"].values())
     assert doc["search"]["single"]["same_trajectory_as_cpp"] is True
     assert len(doc["search"]["crossover"]) >= 2 and "min_round_gflop" in doc["search"]
+    assert any(m.get("same_results_as_cpp") for m in doc["search"]["multi_start"])
     runs = doc["public"]["runs"]
     assert {(x["backend"], x["label"]) for x in runs} >= {("triton", "device_cold"), ("triton", "device_warm"), ("cpp", "run")}
     assert all(x["exact"] for x in runs) and doc["public"]["same_answer_all_backends"]

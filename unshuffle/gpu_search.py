@@ -167,10 +167,10 @@ def device_multi_search(
     counters = dict(launches=0, syncs=0, uploads=0, lockstep_rounds=0)
 
     cols = max(n, 1)  # the kernel never sees an empty order tensor
-    h_in = np.zeros((S, cols), dtype=np.int32)
-    h_out = np.zeros((S, cols), dtype=np.int32)
-    d_in = torch.zeros((S, cols), dtype=torch.int32, device=dev)
-    d_out = torch.zeros((S, cols), dtype=torch.int32, device=dev)
+    h_orders = np.zeros((2, S, cols), dtype=np.int32)  # in- and out-pieces of every search, one copy up
+    d_orders = torch.zeros((2, S, cols), dtype=torch.int32, device=dev)
+    h_in, h_out = h_orders[0], h_orders[1]
+    d_in, d_out = d_orders[0], d_orders[1]  # contiguous views
     prefix = ks.new_prefix(prob, S, n)
     if block_r is None and not prob.interpret:
         # One row tiling for every launch of this search, whatever the launch's size: a candidate's loss (its
@@ -183,8 +183,7 @@ def device_multi_search(
         h_in[st.sid, :n], h_out[st.sid, :n] = st.oi, st.oo
 
     def upload_orders() -> None:
-        d_in.copy_(torch.from_numpy(h_in))
-        d_out.copy_(torch.from_numpy(h_out))
+        d_orders.copy_(torch.from_numpy(h_orders))
         counters["uploads"] += 1
 
     def forward(items: List[Tuple[_Search, int]], want_loss: bool) -> Optional[np.ndarray]:

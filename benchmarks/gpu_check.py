@@ -63,6 +63,7 @@ def checkpoint(doc) -> None:
 
 # ---------------------------------------------------------------------------------------------- env
 def step_env(a):
+    """Device, versions, backends, and what auto would choose (and why) for a few puzzle sizes."""
     from unshuffle.backends import auto_choice, available_backends, explain_auto, round_gflop
 
     doc = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.cuda.is_available(),
@@ -134,6 +135,8 @@ def step_selftest(a):
 
 # ---------------------------------------------------------------------------------------------- scoring
 def step_scoring(a):
+    """Scoring throughput of every scorer at R = 256 and 1024, adjacent and swap+insert candidates, beside the
+    dense matmul rate of the same run; then a small launch-configuration sweep of the search kernel."""
     dev = device_of(a.smoke)
     N, d, h = (4, 16, 32) if a.smoke else (48, 48, 96)
     rows = [32] if a.smoke else [256, 1024]
@@ -240,6 +243,8 @@ def step_precision(a):
 
 # ---------------------------------------------------------------------------------------------- search
 def step_search(a):
+    """Device vs C++ search loop on one problem, many searches per launch, and the CPU/GPU crossover (saved
+    as this GPU's calibration for ``auto``)."""
     from unshuffle.backends import round_gflop, save_calibration, triton_threshold
     from unshuffle.gpu_search import device_local_search, device_multi_search
     from unshuffle.kernels import search as ks
@@ -434,6 +439,8 @@ def _solve_all(puzzle_dir, backends, time_limit, expect_sha=None, python_loop_to
 
 
 def step_solve(a):
+    """The puzzle given with --puzzle (the public one on the GPU machine) on triton and cpp; skipped cleanly
+    when absent."""
     if not a.puzzle or not (Path(a.puzzle) / "historical_data.csv").is_file():
         log(f"  no puzzle at {a.puzzle!r}: skipped")
         return {"skipped": f"no puzzle folder given or found ({a.puzzle!r})"}
@@ -442,6 +449,7 @@ def step_solve(a):
 
 
 def step_generated(a):
+    """Generated puzzles (fixed seeds), each solved on cpp and triton; the generator's answer is the check."""
     from unshuffle import make_puzzle
 
     specs = [(3, 8, 12, 200, 1)] if a.smoke else [(16, 48, 96, 2000, 1), (32, 48, 96, 2000, 2)]
@@ -469,6 +477,7 @@ def step_generated(a):
 
 # ---------------------------------------------------------------------------------------------- summary
 def step_summarize(a):
+    """Merge the step JSONs and statuses into OUT/gpu_check.json and print the compact table."""
     work, out = Path(a.workdir), Path(a.out)
     steps = {}
     status_file = work / "steps.tsv"

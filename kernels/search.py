@@ -42,7 +42,7 @@ compiled, triton's own under the interpreter, where it is ~100x faster: see ``ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 

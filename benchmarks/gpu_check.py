@@ -153,7 +153,7 @@ def step_scoring(a):
             checkpoint(doc)
     # a small launch-configuration sweep of the search kernel (warm), where the GPU is
     p = bks.make_problem(N, d, h, 1, rows[-1], bks.KINDS["swap_insert"])
-    configs = [(32, 4)] if a.smoke else [(32, 4), (64, 4), (64, 8), (128, 8)]
+    configs = [(32, 4)] if a.smoke else [(16, 4), (32, 4), (32, 8), (64, 8), (128, 16)]
     doc["tuning"] = []
     for br, nw in configs:
         try:

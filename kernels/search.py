@@ -52,7 +52,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "DeviceProblem", "prepare", "new_prefix", "forward_rows", "score_moves", "PRECISIONS", "FORWARD",
-    "pick_block_r",
+    "pick_block_r", "default_num_warps",
 ]
 
 # Move kinds, as in unshuffle.moves (tests check they agree); FORWARD = the order unchanged.
@@ -295,6 +295,13 @@ def pick_block_r(n_rows: int, R_PAD: int, min_programs: int = 512) -> int:
     return br
 
 
+def default_num_warps(block_r: int) -> int:
+    """Warps per program for a row tile: ptxas (Triton 3.6, sm_90, fp32, d=48 -> 64, h=96) allocates
+    120 / 159 / 126 / 100 registers without spills at 16/4, 32/4, 64/8, 128/16 (rows/warps), but spills at
+    64 rows with 4 warps (255 registers + 0.5 KB) and 128 with 8."""
+    return 4 if block_r <= 32 else block_r // 8
+
+
 def _launch(prob, prefix, orders_in, orders_out, rows, store, precision, block_r, num_warps):
     M = int(rows.shape[0])
     if M == 0:
@@ -310,7 +317,7 @@ def _launch(prob, prefix, orders_in, orders_out, rows, store, precision, block_r
     n_tiles = prob.R_PAD // BLOCK_R
     partials = torch.empty((M, n_tiles), dtype=torch.float64, device=prob.device)
     interpret = prob.interpret
-    opts = {} if interpret else {"num_warps": num_warps or 4}
+    opts = {} if interpret else {"num_warps": num_warps or default_num_warps(BLOCK_R)}
     _get_kernel(interpret)[(M, n_tiles)](
         prefix, orders_in, orders_out, rows,
         prob.W_inT, prob.b_in, prob.W_outT, prob.b_out, prob.W_lastT, prob.b_last, prob.target,

@@ -43,6 +43,7 @@ done
 if [ -z "$OUTDIR" ]; then echo "give an output folder (argument) or set \$OUT" >&2; exit 2; fi
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
+if [ -n "$PUZZLE" ] && [ -d "$PUZZLE" ]; then PUZZLE="$(cd "$PUZZLE" && pwd)"; fi   # the steps run from the repo
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"   # step JSONs, generated puzzles, triton caches
 LOG="$OUTDIR/gpu_check.log"

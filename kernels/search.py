@@ -168,7 +168,7 @@ def _search_kernel_body(
         b2 = tl.load(b_out_ptr + b * D_PAD + cd)
         x = x + (acc + b2[None, :])
         if STORE:
-            tl.store(base + (p + 1) * slot + tile_off, x)  # (n+1) * slot < 2**31 (checked in prepare)
+            tl.store(base + (p + 1) * slot + tile_off, x)  # (n+1) * slot < 2**31 (checked in _launch)
 
     # Last layer, always fp32: y = x W_last^T + b_last. Padded output columns are 0 - 0; padded rows masked.
     w3 = tl.load(w_last_ptr + cd[:, None] * K_PAD + ck[None, :])
@@ -308,6 +308,8 @@ def _launch(prob, prefix, orders_in, orders_out, rows, store, precision, block_r
         return torch.zeros(0, dtype=torch.float64, device=prob.device)
     S, P = prefix.shape[0], prefix.shape[1]
     n = P - 1
+    if P * prob.R_PAD * prob.D_PAD >= 2**31:  # the kernel's per-search slot offsets are 32-bit
+        raise ValueError(f"order too long for the kernel: (n + 1) * rows * width = {P * prob.R_PAD * prob.D_PAD} >= 2**31")
     prec = PRECISIONS[precision] if isinstance(precision, str) else int(precision)
     if block_r is None:  # the interpreter pays per program: one big tile there
         block_r = R_ALIGN if prob.interpret else pick_block_r(M, prob.R_PAD)

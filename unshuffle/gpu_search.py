@@ -154,8 +154,6 @@ def device_multi_search(
         device = getattr(scorer, "device", None)
     prob = problem if problem is not None else prepare_problem(X, target, W_in, b_in, W_out, b_out, W_last, b_last, device=device)
     n = _validate_orders(starts, prob.Ni, prob.No)
-    if (n + 1) * prob.R_PAD * prob.D_PAD >= 2**31:
-        raise ValueError("order too long for the kernel's 32-bit per-search offsets: (n + 1) * rows * width >= 2**31")
     S = len(starts)
     seed_list = [int(seeds)] * S if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if len(seed_list) != S:

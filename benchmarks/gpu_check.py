@@ -445,7 +445,30 @@ def step_solve(a):
         log(f"  no puzzle at {a.puzzle!r}: skipped")
         return {"skipped": f"no puzzle folder given or found ({a.puzzle!r})"}
     backends = ("triton", "cpp") if _has_core() else ("triton",)
-    return _solve_all(a.puzzle, backends, time_limit=60.0, expect_sha=PUBLIC_SHA256, python_loop_too=True)
+    doc = _solve_all(a.puzzle, backends, time_limit=60.0, expect_sha=PUBLIC_SHA256, python_loop_too=True)
+    # and through the command line, as a user would (order() as wired in this checkout)
+    import subprocess
+
+    doc["cli"] = []
+    for b in (("triton",) if a.smoke else backends):  # smoke: the code path once, not the timing
+        cmd = [sys.executable, "-m", "unshuffle", "solve", a.puzzle, "--backend", b, "--json", "--quiet",
+               "--expect-sha256", PUBLIC_SHA256, "--time-limit", "60"]
+        t = time.perf_counter()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            rec = dict(backend=b, exit_code=r.returncode, wall_s=time.perf_counter() - t)
+            try:
+                out = json.loads(r.stdout)
+                rec.update(exact=out.get("exact"), sha256_matches_published=out.get("sha256") == PUBLIC_SHA256,
+                           stopped=out.get("stopped"), timings=out.get("timings"))
+            except ValueError:
+                rec["stderr"] = r.stderr[-1500:]
+        except subprocess.TimeoutExpired:
+            rec = dict(backend=b, error="timeout after 120 s")
+        doc["cli"].append(rec)
+        checkpoint(doc)
+        log(f"  cli --backend {b}: {rec}")
+    return doc
 
 
 def step_generated(a):
@@ -494,6 +517,8 @@ def step_summarize(a):
         except ValueError as exc:
             doc[name] = {"unreadable": str(exc)}
         if name in steps:
+            if "skipped" in doc[name] and steps[name]["status"] == "ok":
+                steps[name]["status"] = "skipped"  # the step ran and found nothing to do (no --puzzle)
             doc[name].setdefault("step", steps[name])
     lines = _summary_lines(doc)
     doc["summary"] = lines
@@ -544,6 +569,9 @@ def _summary_lines(doc):
         groups = [sec] if key == "public" else sec.get("puzzles", [])
         if sec.get("skipped"):
             L.append(f"{key}: skipped ({sec['skipped']})")
+        for r in sec.get("cli", []):
+            L.append(f"{key} cli --backend {r['backend']}: exit {r.get('exit_code')}  exact {r.get('exact')}  "
+                     f"{_fmt(r.get('wall_s'), '.2f')} s  sha ok {r.get('sha256_matches_published')}")
         for gdoc in groups:
             for r in gdoc.get("runs", []):
                 L.append(f"{key} {str(gdoc.get('puzzle', {}).get('N')):>3}: {r['backend']:<7}{r['label']:<12} exact "

@@ -23,7 +23,7 @@ def smoke(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("gpu_check")
     puzzle = base / "puzzle"
-    make_puzzle(puzzle, blocks=3, dim=8, hidden=12, rows=200, seed=5)  # stands in for --puzzle (the public one)
+    make_puzzle(puzzle, blocks=3, dim=8, hidden=12, rows=200, seed=1)  # stands in for --puzzle (the public one)
     out = base / "out"
     env = dict(os.environ, PYTHON=sys.executable)
     env.pop("TRITON_INTERPRET", None)
@@ -72,6 +72,8 @@ def test_json_has_every_section(smoke):
     assert {(x["backend"], x["label"]) for x in runs} >= {("triton", "device_cold"), ("triton", "device_warm"), ("cpp", "run")}
     assert all(x["exact"] for x in runs) and doc["public"]["same_answer_all_backends"]
     assert any(x["device_search_used"] for x in runs if x["label"].startswith("device"))
+    cli = doc["public"]["cli"]  # the stand-in puzzle is not the public one: exit 1 (sha256 mismatch), exact
+    assert [c["backend"] for c in cli] == ["triton"] and all(c["exact"] and c["exit_code"] == 1 for c in cli)
     gen = doc["generated"]["puzzles"]
     assert gen and all(x["right_answer"] for g in gen for x in g["runs"])
 
@@ -83,3 +85,7 @@ def test_solve_step_skips_cleanly_without_a_puzzle(tmp_path):
     f = tmp_path / "public.json"
     assert gpu_check.main(["solve", "--puzzle", str(tmp_path / "absent"), "--json", str(f)]) == 0
     assert "skipped" in json.loads(f.read_text())
+    (tmp_path / "steps.tsv").write_text("public\t0\t0.1\t90\n")
+    gpu_check.main(["summarize", "--workdir", str(tmp_path), "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert doc["steps"]["public"]["status"] == "skipped" and "skipped" in doc["public"]

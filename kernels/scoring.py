@@ -115,6 +115,25 @@ if triton is not None:
 else:  # pragma: no cover
     _add_combine = None
 
+# The kernels' sum combine function is the global name ``_SUM``. Compiled, it is ``_add_combine`` (ours: a
+# JITFunction whatever the import order). Interpreted, it is triton's own ``_sum_combine``: the interpreter
+# recognises that one by identity and reduces with one numpy sum, where any other combine function makes it
+# loop in Python element by element (~100x slower); as the interpreter never calls it, the mode it was
+# wrapped in does not matter.
+_SUM = _add_combine
+
+
+def _interpreter_body(body):
+    """A copy of a kernel body whose ``_SUM`` is the interpreter's fast-path sum (see above)."""
+    import types
+
+    fast = getattr(getattr(tl, "standard", None), "_sum_combine", None) or _add_combine
+    g = dict(body.__globals__)
+    g["_SUM"] = fast
+    copy = types.FunctionType(body.__code__, g, body.__name__, body.__defaults__, body.__closure__)
+    copy.__qualname__, copy.__module__, copy.__doc__ = body.__qualname__, body.__module__, body.__doc__
+    return copy
+
 
 def _score_kernel_body(
     prefix_ptr,  # (P, R, d) f32, contiguous
@@ -199,8 +218,8 @@ def _score_kernel_body(
     tgt = tl.load(target_ptr + rows[:, None] * k + ck[None, :], mask=out_mask, other=0.0)
     # The contract: difference in float32, squared and summed in float64.
     diff = tl.where(out_mask, y - tgt, 0.0).to(tl.float64)
-    sq = tl.reduce(diff * diff, 1, _add_combine)  # (BLOCK_R,) f64
-    tl.store(partials_ptr + c * n_tiles + tile, tl.reduce(sq, 0, _add_combine))
+    sq = tl.reduce(diff * diff, 1, _SUM)  # (BLOCK_R,) f64
+    tl.store(partials_ptr + c * n_tiles + tile, tl.reduce(sq, 0, _SUM))
     if RETURN_OUTPUTS:
         tl.store(outputs_ptr + c * R * k + rows[:, None] * k + ck[None, :], y, mask=out_mask)
 
@@ -220,7 +239,7 @@ def _get_kernel(interpret: bool):
             if interpret:
                 from triton.runtime.interpreter import InterpretedFunction
 
-                kern = InterpretedFunction(_score_kernel_body)
+                kern = InterpretedFunction(_interpreter_body(_score_kernel_body))
             else:
                 from triton.runtime.jit import JITFunction
 
@@ -348,7 +367,7 @@ def score_candidates_triton(
     Arguments are those of the reference, in the same order, plus tuning knobs:
 
     BLOCK_R: rows per program (power of two >= 16). BLOCK_H: hidden units per inner chunk (power of two
-    >= 16; default min(padded h, 64)). allow_tf32: let tl.dot use TF32 on the GPU (faster, but ~1e-3
+    >= 16; default min(padded h, 32) compiled, 64 interpreted). allow_tf32: let tl.dot use TF32 on the GPU (faster, but ~1e-3
     relative error per product: off by default because the solver needs float32-exact losses near 0).
     num_warps: launch option for the compiled kernel. check_indices: refuse out-of-range indices
     (costs one device->host sync; leave on unless the caller has already validated them).
@@ -366,7 +385,10 @@ def score_candidates_triton(
         raise ValueError(f"BLOCK_R must be a power of two >= {_MIN_DOT}, got {BLOCK_R!r}")
     H_PAD = _next_pow2_at_least(h)
     if BLOCK_H is None:
-        BLOCK_H = min(H_PAD, 64)
+        # compiled: 32, not 64: ptxas (Triton 3.6, sm_90, d=48, h=96, 64 rows) spills 1.4 KB per thread with
+        # 64-wide chunks and 4 warps, ~40 bytes with 32-wide chunks and 8 warps. Interpreted: 64 (fewer ops).
+        compiled = prefix.device.type == "cuda" and not interpreter_requested()
+        BLOCK_H = min(H_PAD, 32 if compiled else 64)
     if not (isinstance(BLOCK_H, int) and BLOCK_H >= _MIN_DOT and BLOCK_H & (BLOCK_H - 1) == 0):
         raise ValueError(f"BLOCK_H must be a power of two >= {_MIN_DOT}, got {BLOCK_H!r}")
     BLOCK_H = min(BLOCK_H, H_PAD)
@@ -400,7 +422,7 @@ def score_candidates_triton(
 
     precision = "tf32" if (allow_tf32 and not interpret) else "ieee"
     kern = _get_kernel(interpret)
-    launch_opts = {} if interpret else {"num_warps": num_warps or 4}
+    launch_opts = {} if interpret else {"num_warps": num_warps or (8 if BLOCK_R >= 64 else 4)}
     kern[(K, n_tiles)](
         prefix.contiguous(), starts.contiguous(), lengths.contiguous(), seq_in_c, seq_out_c,
         W_in.contiguous(), b_in.contiguous(), W_out.contiguous(), b_out.contiguous(),

@@ -191,7 +191,7 @@ def _info() -> int:
     import torch
 
     from . import __version__
-    from .backends import available_backends, resolve_backend
+    from .backends import available_backends, explain_auto, resolve_backend
 
     print(f"unshuffle {__version__}  python {platform.python_version()}  torch {torch.__version__}  threads {torch.get_num_threads()}")
     try:
@@ -203,7 +203,7 @@ def _info() -> int:
     for name, (ok, why) in available_backends().items():
         print(f"  {name:9s} {'yes' if ok else 'no ':3s}  {why}")
     try:
-        print(f"auto backend: {resolve_backend('auto')}")
+        print(f"auto backend: {resolve_backend('auto')} ({explain_auto()})")
     except BackendUnavailable as exc:
         print(f"auto backend: unavailable ({exc})")
     return 0

@@ -16,7 +16,7 @@ import numpy as np
 from . import moves as mv
 from . import native as _native
 from ._lazy import torch
-from .backends import get_scorer
+from .backends import get_scorer, round_gflop
 from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken, Cancelled
 from .pairing import PairResult, pair
 from .puzzle import Puzzle
@@ -219,7 +219,7 @@ def order(
         token = token.limited(time_limit)
     if pairing is None:
         pairing = pair(puzzle)
-    scorer = get_scorer(backend)
+    scorer = get_scorer(backend, work=round_gflop(puzzle.n_blocks, puzzle.d, puzzle.h, min(search_rows, puzzle.n_rows)))
     # cpp + native: numpy arrays and the C++ core all the way (torch is not imported); otherwise torch tensors.
     fast = scorer.name == "cpp" and native
     idx = _native.search_rows(puzzle.n_rows, search_rows, seed)  # = torch.randperm(R, manual_seed(seed))[:n]
@@ -297,6 +297,12 @@ def order(
         log.info("search start from %s", name)
         if fast:  # the whole round loop in C++ (same trajectory, no Python per round)
             res = local_search_native(X, target, *weights, o_in, o_out, **kw)
+        elif scorer.name == "triton" and native:  # the whole round loop on the device (unshuffle.gpu_search)
+            from .gpu_search import device_local_search
+
+            kw.pop("token")
+            res = device_local_search(scorer, X, target, *weights, o_in, o_out, time_limit=token.remaining(),
+                                      should_stop=lambda: token.reason() is not None, **kw)
         else:
             res = local_search(scorer, X, target, *weights, o_in, o_out, **kw)
         rounds, scored, block_rows = rounds + res.rounds, scored + res.candidates_scored, block_rows + res.block_rows

@@ -243,6 +243,8 @@ def prepare(X, target, W_in, b_in, W_out, b_out, W_last, b_last, device=None, bl
     if triton is None:
         raise RuntimeError("triton is not importable")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and device.index is None:  # tensors report cuda:N: compare like with like
+        device = torch.device("cuda", torch.cuda.current_device())
     if X.dim() != 2 or target.dim() != 2 or W_in.dim() != 3 or W_out.dim() != 3 or W_last.dim() != 2:
         raise ValueError("expected X (R, d), target (R, k), W_in (Ni, h, d), W_out (No, d, h), W_last (k, d)")
     R, d = X.shape

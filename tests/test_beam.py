@@ -1,0 +1,136 @@
+"""The probe beam and the path search in the C++ core against their numpy references (unshuffle.beam)."""
+import numpy as np
+import pytest
+
+from unshuffle import _core
+from unshuffle import beam as bm
+from unshuffle import moves as mv
+from unshuffle.cancel import CancelToken
+
+F32 = np.float32
+
+
+def net(seed, N=6, d=8, h=12, R=160, k=1, scale=0.6):
+    """A random residual net and a target made by a known order (so the true order has probe loss ~0 at the
+    end), float32 arrays."""
+    rng = np.random.default_rng(seed)
+    W_in = (scale * rng.standard_normal((N, h, d)) / np.sqrt(d)).astype(F32)
+    b_in = (0.2 * rng.standard_normal((N, h))).astype(F32)
+    W_out = (scale * rng.standard_normal((N, d, h)) / np.sqrt(h)).astype(F32)
+    b_out = (0.2 * rng.standard_normal((N, d))).astype(F32)
+    X = rng.standard_normal((R, d)).astype(F32)
+    ti, to = rng.permutation(N), rng.permutation(N)
+    x = X
+    for a, b in zip(ti, to):
+        x = bm._block(x, W_in, b_in, W_out, b_out, a, b)
+    W_last = rng.standard_normal((k, d)).astype(F32)
+    target = (x @ W_last.T).astype(F32)
+    return X, target, (W_in, b_in, W_out, b_out), list(ti), list(to)
+
+
+@pytest.mark.parametrize("features", ["quadratic", "linear"])
+@pytest.mark.parametrize("R,d,k", [(1, 3, 1), (63, 5, 1), (64, 8, 2), (65, 16, 3), (300, 24, 1)])
+def test_probe_sse_matches_lstsq(features, R, d, k):
+    """Row counts around the core's 64-row tile; widths around the SIMD padding. The core solves the normal
+    equations in double after per-tile float32 Gram sums and measures the residual in a second pass (SSE is
+    stationary in the coefficients), so it agrees with lstsq to ~1e-6 relative; 1e-5 leaves margin."""
+    rng = np.random.default_rng(R * 100 + d)
+    x = (3 * rng.standard_normal((R, d))).astype(F32)
+    t = rng.standard_normal((R, k)).astype(F32)
+    got = _core.probe_sse(x, t, features)
+    ref = bm.probe_sse_reference(x, t, features)
+    assert got == pytest.approx(ref, rel=1e-5, abs=1e-9 * float((t.astype(np.float64) ** 2).sum()) + 1e-12)
+
+
+def test_probe_sse_dependent_features_are_dropped_not_nan():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 6)).astype(F32)
+    x[:, 2] = 1.0  # constant column: x, x*x and the intercept coincide
+    x[:, 4] = x[:, 3]  # duplicate column
+    t = (x[:, :1] * 2 - x[:, 3:4] ** 2).astype(F32)
+    got = _core.probe_sse(x, t, "quadratic")
+    assert np.isfinite(got) and got == pytest.approx(bm.probe_sse_reference(x, t, "quadratic"), abs=1e-6)
+    assert got < 1e-6  # t is exactly in the span
+
+
+@pytest.mark.parametrize("seed,width", [(0, 1), (1, 3), (2, 4), (3, 2)])
+def test_probe_beam_matches_reference(seed, width):
+    X, target, w, ti, to = net(seed)
+    allowed = bm.allowed_table([int(b) for _, b in sorted(zip(ti, to))])
+    out = bm.probe_beam(X, target, w, allowed, width=width)
+    ri, ro, rl = bm.probe_beam_reference(X, target, *w, allowed, width=width)
+    assert out.stopped == "done"
+    assert [o[0] for o in out.orders] == ri and [o[1] for o in out.orders] == ro
+    np.testing.assert_allclose(out.losses, rl, rtol=1e-5, atol=1e-9)
+
+
+def test_probe_beam_joint_pairing_and_prefix():
+    X, target, w, ti, to = net(7, N=5)
+    rng = np.random.default_rng(0)
+    allowed = np.full((5, 2), -1, np.int64)
+    true_out = dict(zip(ti, to))
+    for a in range(5):  # the true out piece and one other, in a random column
+        other = int(rng.choice([b for b in range(5) if b != true_out[a]]))
+        allowed[a] = rng.permutation([true_out[a], other])
+    prefix = [(ti[0], to[0])]
+    out = bm.probe_beam(X, target, w, allowed, width=3, prefix=prefix)
+    ri, ro, rl = bm.probe_beam_reference(X, target, *w, allowed, width=3, prefix=prefix)
+    assert [o[0] for o in out.orders] == ri and [o[1] for o in out.orders] == ro
+    assert all(o[0][0] == ti[0] and o[1][0] == to[0] for o in out.orders)
+    for oi, oo in out.orders:  # every final state pairs each in piece with an allowed, unused out piece
+        assert sorted(oo) == sorted(set(oo)) and all(b in allowed[a] for a, b in zip(oi, oo))
+
+
+@pytest.mark.parametrize("seed", [0, 4, 5])
+def test_path_search_matches_reference(seed):
+    X, target, w, ti, to = net(seed, N=6)
+    rng = np.random.default_rng(seed + 50)
+    p = rng.permutation(6)
+    oi, oo = [ti[i] for i in p], [to[i] for i in p]
+    kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
+    got = bm.path_search(X, target, w, oi, oo, kinds=kinds, max_rounds=50)
+    ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, kinds=kinds, max_rounds=50)
+    assert [h[1:4] for h in got.history] == [h[1:4] for h in rh]  # same moves (kind, i, j), round by round
+    assert got.order_in == ri and got.order_out == ro
+    assert got.J == pytest.approx(rJ, rel=1e-5)
+    assert got.stopped in ("local_optimum", "max_rounds")
+    # atol: a depth where the target is exactly readable has probe loss ~0 (1e-13 in lstsq, ~1e-11 through
+    # the normal equations in double): both are zero at the target's scale (mean square ~1)
+    np.testing.assert_allclose(got.path, bm.path_losses_reference(X, target, *w, ri, ro), rtol=1e-5,
+                               atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
+
+
+def test_path_search_first_keeps_the_prefix():
+    X, target, w, ti, to = net(9, N=7)
+    oi, oo = list(reversed(ti)), list(reversed(to))
+    got = bm.path_search(X, target, w, oi, oo, first=3)
+    assert got.order_in[:3] == oi[:3] and got.order_out[:3] == oo[:3]
+    ri, ro, rJ, _ = bm.path_search_reference(X, target, *w, oi, oo, first=3)
+    assert got.order_in == ri and got.J == pytest.approx(rJ, rel=1e-5)
+
+
+def test_beam_and_path_search_stop_on_the_token():
+    X, target, w, ti, to = net(3, N=8)
+    tok = CancelToken()
+    tok.cancel()
+    out = bm.probe_beam(X, target, w, bm.allowed_table(list(range(8))), token=tok)
+    assert out.stopped == "interrupted" and out.orders == []
+    p = bm.path_search(X, target, w, ti[::-1], to[::-1], token=tok)
+    assert p.stopped == "interrupted" and p.rounds == 0
+    p = bm.path_search(X, target, w, ti[::-1], to[::-1], token=CancelToken(1e-9))
+    assert p.stopped == "time_limit"
+
+
+def test_validation_errors_name_the_argument():
+    X, target, w, ti, to = net(0, N=4)
+    with pytest.raises(ValueError, match=r"allowed\[1, 0\] = 9 is out of range"):
+        _core.probe_beam(X, target, *w, np.asarray([[0], [9], [2], [3]], np.int64))
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        _core.probe_beam(X, target, *w, np.arange(4, dtype=np.int64).reshape(4, 1), width=0)
+    with pytest.raises(ValueError, match="prefix_in repeats piece 1"):
+        _core.probe_beam(X, target, *w, np.arange(4, dtype=np.int64).reshape(4, 1),
+                         prefix_in=np.asarray([1, 1], np.int64), prefix_out=np.asarray([0, 2], np.int64))
+    with pytest.raises(ValueError, match="features must be 'linear' or 'quadratic'"):
+        _core.probe_sse(X, target, "cubic")
+    with pytest.raises(ValueError, match="first must be >= 0"):
+        _core.path_search(X, target, *w, np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64), first=-1)

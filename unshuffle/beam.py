@@ -1,0 +1,212 @@
+"""Probe-guided ordering: the probe beam and the path search (docs/ORDERING.md).
+
+A trained residual network makes its target progressively easier to read off the residual stream: the
+least-squares readout of ``pred`` from the activations after the first p blocks (features [x, x*x, 1]) gets
+better, depth by depth, along the true order, while a wrong block placed early usually stalls it. Two searches
+use that *probe loss* (the readout's mean squared error):
+
+* ``probe_beam`` builds orders front to back and keeps the ``width`` prefixes with the lowest probe loss;
+* ``path_search`` improves a whole order by local moves (swaps, insertions, re-pairings) on
+  J = sum over depths of the probe loss, which still sees a block whose benefit comes a few depths later.
+
+Neither needs the weights to give depth away, and both see far beyond the output loss, whose basin around the
+answer is only a couple of moves wide on networks trained with large steps. The C++ core runs both
+(``unshuffle._core.probe_beam`` / ``path_search``); the numpy functions here are their references.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from . import moves as mv
+from .cancel import CancelToken
+
+FEATURES = ("quadratic", "linear")
+
+
+# ------------------------------------------------------------------------------------------- reference
+def probe_features(x: np.ndarray, features: str = "quadratic") -> np.ndarray:
+    """Readout features of rows x (R, d): [x, x*x, 1] (quadratic) or [x, 1] (linear), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    cols = [x, x * x] if features == "quadratic" else [x]
+    return np.hstack(cols + [np.ones((x.shape[0], 1))])
+
+
+def probe_sse_reference(x: np.ndarray, target: np.ndarray, features: str = "quadratic") -> float:
+    """Sum of squared errors of the least-squares fit target ~ features(x) C (numpy lstsq, float64)."""
+    A = probe_features(x, features)
+    T = np.asarray(target, dtype=np.float64)
+    C, *_ = np.linalg.lstsq(A, T, rcond=None)
+    return float(((T - A @ C) ** 2).sum())
+
+
+def _block(x, W_in, b_in, W_out, b_out, a, b):
+    """One residual block in float32 (x + W_out relu(W_in x + b_in) + b_out)."""
+    h = np.maximum(x @ W_in[a].T + b_in[a], np.float32(0))
+    return (x + (h @ W_out[b].T + b_out[b])).astype(np.float32)
+
+
+def probe_beam_reference(X, target, W_in, b_in, W_out, b_out, allowed, width: int = 16,
+                         features: str = "quadratic", prefix=None):
+    """The probe beam in plain numpy (float64 lstsq probes): same candidate enumeration (state, then in piece,
+    then allowed column) and tie rule (lower candidate index) as the core. Returns (orders_in, orders_out,
+    losses) of the final states, best first."""
+    X = np.asarray(X, np.float32)
+    target = np.asarray(target, np.float32)
+    N = W_in.shape[0]
+    nvals = target.size
+    allowed = np.asarray(allowed).reshape(N, -1)
+    x = X.copy()
+    oin, oout = [], []
+    for a, b in (prefix or []):
+        x = _block(x, W_in, b_in, W_out, b_out, a, b)
+        oin.append(int(a)), oout.append(int(b))
+    states = [(oin, oout, x)]
+    losses: List[float] = []
+    for _ in range(len(oin), N):
+        cands = []
+        for s, (si, so, xs) in enumerate(states):
+            for a in range(N):
+                if a in si:
+                    continue
+                for b in allowed[a]:
+                    if b >= 0 and b not in so:
+                        y = _block(xs, W_in, b_in, W_out, b_out, a, int(b))
+                        cands.append((probe_sse_reference(y, target, features) / nvals, len(cands), s, a, int(b), y))
+        cands.sort(key=lambda c: (c[0], c[1]))
+        kept = cands[: max(1, width)]
+        states = [(states[s][0] + [a], states[s][1] + [b], y) for (_, _, s, a, b, y) in kept]
+        losses = [c[0] for c in kept]
+    return [s[0] for s in states], [s[1] for s in states], losses
+
+
+def path_losses_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_out,
+                          features: str = "quadratic") -> np.ndarray:
+    """Probe loss (SSE / (R k)) after each depth 1..N of an order, numpy."""
+    x = np.asarray(X, np.float32)
+    out = []
+    for a, b in zip(order_in, order_out):
+        x = _block(x, W_in, b_in, W_out, b_out, a, b)
+        out.append(probe_sse_reference(x, target, features) / np.asarray(target).size)
+    return np.asarray(out)
+
+
+def path_search_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_out,
+                          kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0, features: str = "quadratic",
+                          max_rounds: int = 1000):
+    """Best-improvement local search on J = sum of probe losses over depths > first, evaluating every
+    candidate in full (the core prunes; the chosen moves are the same). Returns (order_in, order_out, J,
+    history [(round, kind, i, j, J)])."""
+    oi, oo = list(order_in), list(order_out)
+    N = len(oi)
+
+    def J(a, b):
+        return float(path_losses_reference(X, target, W_in, b_in, W_out, b_out, a, b, features)[first:].sum())
+
+    cur, hist = J(oi, oo), []
+    moves = [(k, i, j) for k in kinds for (i, j) in mv.enumerate_moves(N, k) if min(i, j) >= first]
+    for rnd in range(1, max_rounds + 1):
+        best = None
+        for (k, i, j) in moves:
+            ci, co = mv.apply_move(oi, oo, k, i, j)
+            v = J(ci, co)
+            if best is None or v < best[0]:
+                best = (v, k, i, j, ci, co)
+        if best is None or not best[0] < cur * (1.0 - 1e-9) - 1e-30:
+            break
+        cur, k, i, j, oi, oo = best
+        hist.append((rnd, k, i, j, cur))
+    return oi, oo, cur, hist
+
+
+# ----------------------------------------------------------------------------------------------- core
+@dataclass
+class BeamOutcome:
+    """Final states of a probe beam, best first: ``orders`` [(order_in, order_out)], their probe ``losses``,
+    the best probe loss at each depth (``best_path``), prefixes scored and why it ended (done, interrupted,
+    time_limit: then ``orders`` is empty)."""
+
+    orders: List[tuple]
+    losses: List[float]
+    best_path: List[float]
+    candidates: int
+    stopped: str
+
+    def common_prefix(self) -> int:
+        """Length of the prefix all final states share (where the beam's lineages met)."""
+        if not self.orders:
+            return 0
+        first = self.orders[0]
+        n = 0
+        while n < len(first[0]) and all(o[0][n] == first[0][n] and o[1][n] == first[1][n] for o in self.orders):
+            n += 1
+        return n
+
+
+@dataclass
+class PathOutcome:
+    order_in: List[int]
+    order_out: List[int]
+    J: float
+    path: List[float]
+    history: List[tuple] = field(default_factory=list)
+    rounds: int = 0
+    candidates: int = 0
+    probes: int = 0
+    stopped: str = ""
+
+
+def allowed_table(out_of: Sequence[int], alternatives: Optional[np.ndarray] = None, extra: int = 0) -> np.ndarray:
+    """(Ni, 1 + extra) int64: column 0 the pairing's out piece; then the ``extra`` best other out pieces by
+    ``alternatives`` (a score matrix, higher = better), -1 where there are none."""
+    N = len(out_of)
+    tab = np.full((N, 1 + max(0, extra)), -1, dtype=np.int64)
+    tab[:, 0] = np.asarray(out_of, dtype=np.int64)
+    if extra and alternatives is not None:
+        for a in range(N):
+            order = [int(b) for b in np.argsort(-alternatives[a], kind="stable") if b != out_of[a]]
+            tab[a, 1:1 + len(order[:extra])] = order[:extra]
+    return tab
+
+
+def _f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def probe_beam(X, target, weights, allowed, width: int = 16, features: str = "quadratic", prefix=None,
+               token: Optional[CancelToken] = None, n_threads: int = 0) -> BeamOutcome:
+    """The probe beam in the C++ core. ``weights`` = (W_in, b_in, W_out, b_out, ...) numpy arrays; ``allowed``
+    from ``allowed_table``; ``prefix`` [(a, b), ...] fixed first blocks. Stops on ``token``."""
+    from . import _core
+
+    W_in, b_in, W_out, b_out = (_f32(w) for w in weights[:4])
+    kw = {}
+    if prefix:
+        kw = dict(prefix_in=np.asarray([p[0] for p in prefix], np.int64),
+                  prefix_out=np.asarray([p[1] for p in prefix], np.int64))
+    if token is not None:
+        kw.update(stop=token.core_flag(), time_limit_s=token.core_time_limit())
+    r = _core.probe_beam(_f32(X), _f32(target), W_in, b_in, W_out, b_out, np.ascontiguousarray(allowed, np.int64),
+                         width=int(width), features=features, n_threads=n_threads, **kw)
+    orders = [(list(map(int, a)), list(map(int, b))) for a, b in zip(r["orders_in"], r["orders_out"])]
+    return BeamOutcome(orders, [float(v) for v in r["losses"]], [float(v) for v in r["best_path"]],
+                       int(r["candidates"]), str(r["stopped"]))
+
+
+def path_search(X, target, weights, order_in, order_out, kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0,
+                features: str = "quadratic", max_rounds: int = 1000, token: Optional[CancelToken] = None,
+                n_threads: int = 0) -> PathOutcome:
+    """The path search in the C++ core (see ``path_search_reference``). Stops on ``token``."""
+    from . import _core
+
+    W_in, b_in, W_out, b_out = (_f32(w) for w in weights[:4])
+    kw = {} if token is None else dict(stop=token.core_flag(), time_limit_s=token.core_time_limit())
+    r = _core.path_search(_f32(X), _f32(target), W_in, b_in, W_out, b_out, np.asarray(order_in, np.int64),
+                          np.asarray(order_out, np.int64), kinds=[int(k) for k in kinds], first=int(first),
+                          features=features, max_rounds=int(max_rounds), n_threads=n_threads, **kw)
+    hist = [(int(h[0]), int(h[1]), int(h[2]), int(h[3]), float(h[4])) for h in np.asarray(r["history"]).reshape(-1, 5)]
+    return PathOutcome(list(map(int, r["order_in"])), list(map(int, r["order_out"])), float(r["J"]),
+                       [float(v) for v in r["path"]], hist, int(r["rounds"]), int(r["candidates"]), int(r["probes"]),
+                       str(r["stopped"]))

@@ -33,17 +33,34 @@ Probe::Probe(int64_t d, int64_t k, int features, double ridge)
   scale_.resize(static_cast<std::size_t>(nf_));
   y_.resize(static_cast<std::size_t>(nf_));
   dropped_.resize(static_cast<std::size_t>(nf_));
+  mean_.resize(static_cast<std::size_t>(d_));
+  inv_.resize(static_cast<std::size_t>(d_));
 }
 
 void Probe::row_features(const float* x, float* f) const {
-  for (int64_t j = 0; j < d_; ++j) f[j] = x[j];
+  for (int64_t j = 0; j < d_; ++j) f[j] = static_cast<float>((static_cast<double>(x[j]) - mean_[j]) * inv_[j]);
   if (features_ == kProbeQuadratic)
-    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = x[j] * x[j];
+    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = f[j] * f[j];
   f[nf_ - 1] = 1.f;
 }
 
 double Probe::sse(const float* x, int64_t R, const float* target) {
   const int64_t nf = nf_, k = k_, na = na_, Np = Np_, Mp = Mp_;
+  // Column statistics for the centring (two-pass in double: exact enough for any scale of x).
+  std::fill(mean_.begin(), mean_.end(), 0.0);
+  std::fill(inv_.begin(), inv_.end(), 0.0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < d_; ++j) mean_[j] += x[r * d_ + j];
+  for (int64_t j = 0; j < d_; ++j) mean_[j] /= static_cast<double>(std::max<int64_t>(R, 1));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < d_; ++j) {
+      const double c = x[r * d_ + j] - mean_[j];
+      inv_[j] += c * c;
+    }
+  for (int64_t j = 0; j < d_; ++j) {
+    const double sd = std::sqrt(inv_[j] / static_cast<double>(std::max<int64_t>(R, 1)));
+    inv_[j] = sd > 0 ? 1.0 / sd : 0.0;  // a constant column becomes 0: the intercept already spans it
+  }
   // Normal equations [F T]^T [F T] for F = features: one SIMD GEMM per tile of rows, summed in double.
   std::fill(G_.begin(), G_.end(), 0.0);
   float* F = F_.data();
@@ -94,9 +111,10 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
       Li[j] = v / ljj;
     }
   }
-  for (int64_t o = 0; o < k; ++o) {  // C = S (L L^T)^-1 S rhs, rhs = F^T t (column nf + o of the Gram)
+  // C = S (L L^T)^-1 S rhs for each output, rhs = F^T t (column nf + o of the Gram).
+  auto solve_into = [&](const double* rhs, int64_t stride, double* out) {
     for (int64_t i = 0; i < nf; ++i) {
-      double v = dropped_[i] ? 0.0 : G[i * na + nf + o] * scale_[i];
+      double v = dropped_[i] ? 0.0 : rhs[i * stride] * scale_[i];
       const double* Li = G + i * na;
       for (int64_t p = 0; p < i; ++p) v -= Li[p] * y_[p];
       y_[i] = v / Li[i];
@@ -106,18 +124,35 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
       for (int64_t p = i + 1; p < nf; ++p) v -= G[p * na + i] * y_[p];
       y_[i] = v / G[i * na + i];
     }
-    for (int64_t i = 0; i < nf; ++i) C_[i * k + o] = dropped_[i] ? 0.0 : y_[i] * scale_[i];
+    for (int64_t i = 0; i < nf; ++i) out[i] = dropped_[i] ? 0.0 : y_[i] * scale_[i];
+  };
+  std::vector<double> col(static_cast<std::size_t>(nf)), grad(static_cast<std::size_t>(nf * k), 0.0);
+  for (int64_t o = 0; o < k; ++o) {
+    solve_into(G + nf + o, na, col.data());
+    for (int64_t i = 0; i < nf; ++i) C_[i * k + o] = col[i];
   }
-  // Second pass: the residual itself (accurate even when C is slightly off: the SSE is stationary in C).
-  double s = 0.0;
+  // Residual passes in double. The first also collects F^T r for one step of iterative refinement (the
+  // float32 Gram tiles limit C's accuracy when the features are ill conditioned); the SSE of the refined C is
+  // measured by the last pass, and it is second order in C's remaining error.
   float* f = f_.data();
-  for (int64_t r = 0; r < R; ++r) {
-    row_features(x + r * d_, f);
+  double s = 0.0;
+  for (int pass = 0; pass < 2; ++pass) {
+    s = 0.0;
+    for (int64_t r = 0; r < R; ++r) {
+      row_features(x + r * d_, f);
+      for (int64_t o = 0; o < k; ++o) {
+        double p = 0.0;
+        for (int64_t i = 0; i < nf; ++i) p += static_cast<double>(f[i]) * C_[i * k + o];
+        const double e = static_cast<double>(target[r * k + o]) - p;
+        s += e * e;
+        if (pass == 0)
+          for (int64_t i = 0; i < nf; ++i) grad[i * k + o] += static_cast<double>(f[i]) * e;
+      }
+    }
+    if (pass == 1) break;
     for (int64_t o = 0; o < k; ++o) {
-      double p = 0.0;
-      for (int64_t i = 0; i < nf; ++i) p += static_cast<double>(f[i]) * C_[i * k + o];
-      const double e = static_cast<double>(target[r * k + o]) - p;
-      s += e * e;
+      solve_into(grad.data() + o, k, col.data());
+      for (int64_t i = 0; i < nf; ++i) C_[i * k + o] += col[i];
     }
   }
   return s;

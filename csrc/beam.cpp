@@ -26,7 +26,8 @@ Probe::Probe(int64_t d, int64_t k, int features, double ridge)
   F_ = FloatBuf(static_cast<std::size_t>(kProbeTile * Np_));
   FT_ = FloatBuf(static_cast<std::size_t>(Mp_ * kProbeTile));
   Gt_ = FloatBuf(static_cast<std::size_t>(Mp_ * Np_));
-  zero_ = FloatBuf(static_cast<std::size_t>(Np_));
+  zero_ = FloatBuf(static_cast<std::size_t>(std::max<int64_t>(Np_, round_up(d_, simd_floats()))));
+  sd_.resize(static_cast<std::size_t>(d_));
   f_.resize(static_cast<std::size_t>(nf_));
   G_.resize(static_cast<std::size_t>(na_ * na_));
   C_.resize(static_cast<std::size_t>(nf_ * k_));
@@ -34,33 +35,118 @@ Probe::Probe(int64_t d, int64_t k, int features, double ridge)
   y_.resize(static_cast<std::size_t>(nf_));
   dropped_.resize(static_cast<std::size_t>(nf_));
   mean_.resize(static_cast<std::size_t>(d_));
-  inv_.resize(static_cast<std::size_t>(d_));
+  cov_.resize(static_cast<std::size_t>(d_ * d_));
+  W_.resize(static_cast<std::size_t>(d_));
 }
 
-void Probe::row_features(const float* x, float* f) const {
-  for (int64_t j = 0; j < d_; ++j) f[j] = static_cast<float>((static_cast<double>(x[j]) - mean_[j]) * inv_[j]);
+
+
+void Probe::row_features(const float* z, float* f) const {
+  for (int64_t j = 0; j < d_; ++j) f[j] = z[j];
+  // The squares saturate at 8 standard deviations: a few exploding rows (a badly ordered stream can reach
+  // 1e4 times its typical size) would otherwise dominate the float32 Gram; the linear part stays exact, so a
+  // target that is linear in x is still read exactly.
   if (features_ == kProbeQuadratic)
-    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = f[j] * f[j];
+    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = std::min(f[j] * f[j], 64.f);
   f[nf_ - 1] = 1.f;
 }
 
 double Probe::sse(const float* x, int64_t R, const float* target) {
   const int64_t nf = nf_, k = k_, na = na_, Np = Np_, Mp = Mp_;
-  // Column statistics for the centring (two-pass in double: exact enough for any scale of x).
-  std::fill(mean_.begin(), mean_.end(), 0.0);
-  std::fill(inv_.begin(), inv_.end(), 0.0);
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < d_; ++j) mean_[j] += x[r * d_ + j];
-  for (int64_t j = 0; j < d_; ++j) mean_[j] /= static_cast<double>(std::max<int64_t>(R, 1));
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < d_; ++j) {
-      const double c = x[r * d_ + j] - mean_[j];
-      inv_[j] += c * c;
-    }
-  for (int64_t j = 0; j < d_; ++j) {
-    const double sd = std::sqrt(inv_[j] / static_cast<double>(std::max<int64_t>(R, 1)));
-    inv_[j] = sd > 0 ? 1.0 / sd : 0.0;  // a constant column becomes 0: the intercept already spans it
+  // Whitening (all in float SIMD but for the d x d factorisation): columns standardised in double, their
+  // correlation matrix accumulated by GEMM tiles in double, Cholesky corr = L L^T dropping a column whose
+  // remaining variance is below 1e-4 (collinear with earlier ones: float32 sums resolve
+  // a remaining variance to ~1e-5, so a lower threshold would keep rounding noise as features), z = xs L^-T.
+  // [z, min(z*z, 64), 1] stays well conditioned where a chaotic stream has collapsed onto a few directions
+  // (raw feature condition numbers of 1e5-1e6, beyond a float32 Gram), and z spans x, so a target linear in x
+  // is still read exactly.
+  const int64_t d = d_, VW = simd_floats();
+  const int64_t Dp = round_up(std::max<int64_t>(d, 1), VW), Dm = round_up(std::max<int64_t>(d, 1), kRowAlign);
+  const int64_t Rp = round_up(std::max<int64_t>(R, 1), kRowAlign);
+  if (static_cast<int64_t>(XS_.size()) < Rp * Dp) {
+    XS_ = FloatBuf(static_cast<std::size_t>(Rp * Dp));
+    Z_ = FloatBuf(static_cast<std::size_t>(Rp * Dp));
   }
+  if (static_cast<int64_t>(WT_.size()) < std::max(Dm, Dp) * Dp) {
+    WT_ = FloatBuf(static_cast<std::size_t>(std::max(Dm, Dp) * Dp));
+    CT_ = FloatBuf(static_cast<std::size_t>(Dm * kProbeTile));
+    Ct_ = FloatBuf(static_cast<std::size_t>(Dm * Dp));
+  }
+  double* __restrict mean = mean_.data();
+  double* __restrict sd = sd_.data();
+  std::fill(mean, mean + d, 0.0);
+  std::fill(sd, sd + d, 0.0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < d; ++j) mean[j] += x[r * d + j];
+  for (int64_t j = 0; j < d; ++j) mean[j] /= static_cast<double>(std::max<int64_t>(R, 1));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < d; ++j) {
+      const double c = x[r * d + j] - mean[j];
+      sd[j] += c * c;
+    }
+  for (int64_t j = 0; j < d; ++j) sd[j] = sd[j] > 0 ? 1.0 / std::sqrt(sd[j] / static_cast<double>(R)) : 0.0;
+  float* XS = XS_.data();
+  std::fill(XS, XS + Rp * Dp, 0.f);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < d; ++j) XS[r * Dp + j] = static_cast<float>((x[r * d + j] - mean[j]) * sd[j]);
+  // correlation in double (the drop decisions and L need it: a float32 sum resolves a remaining variance only
+  // to ~1e-5, which would turn rounding noise into features); a fixed-length inner loop vectorises
+  std::fill(cov_.begin(), cov_.end(), 0.0);
+  {
+    double* __restrict cv = cov_.data();
+    double xr[512];
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < d; ++j) xr[j] = XS[r * Dp + j];
+      for (int64_t i = 0; i < d; ++i) {
+        const double xi = xr[i];
+        double* __restrict row = cv + i * d;
+        for (int64_t j = 0; j < d; ++j) row[j] += xi * xr[j];
+      }
+    }
+  }
+  for (double& v : cov_) v /= static_cast<double>(R);
+  std::vector<char> keep(static_cast<std::size_t>(d), 0);
+  double* L = cov_.data();
+  for (int64_t j = 0; j < d; ++j) {
+    double* Lj = L + j * d;
+    double diag = Lj[j];
+    for (int64_t p = 0; p < j; ++p) diag -= Lj[p] * Lj[p];
+    keep[j] = sd[j] > 0 && diag > 1e-10;
+    if (!keep[j]) {
+      for (int64_t p = 0; p <= j; ++p) Lj[p] = 0.0;
+      for (int64_t i = j + 1; i < d; ++i) L[i * d + j] = 0.0;
+      Lj[j] = 1.0;
+      continue;
+    }
+    const double ljj = std::sqrt(diag);
+    Lj[j] = ljj;
+    for (int64_t i = j + 1; i < d; ++i) {
+      double* Li = L + i * d;
+      double v = Li[j];
+      for (int64_t p = 0; p < j; ++p) v -= Li[p] * Lj[p];
+      Li[j] = v / ljj;
+    }
+  }
+  // WT (d x Dp): row j holds column j of L^-1 transposed, so z = xs WT (z_i = sum_j xs_j (L^-1)[i][j])
+  float* WT = WT_.data();
+  std::fill(WT, WT + std::max(Dm, Dp) * Dp, 0.f);
+  std::vector<double>& wcol = W_;
+  for (int64_t j = 0; j < d; ++j) {
+    if (!keep[j]) continue;
+    std::fill(wcol.begin(), wcol.begin() + d, 0.0);
+    wcol[j] = 1.0 / L[j * d + j];
+    for (int64_t i = j + 1; i < d; ++i) {
+      if (!keep[i]) continue;
+      double v = 0.0;
+      for (int64_t p = j; p < i; ++p) v -= L[i * d + p] * wcol[p];
+      wcol[i] = v / L[i * d + i];
+    }
+    for (int64_t i = j; i < d; ++i) WT[j * Dp + i] = static_cast<float>(wcol[i]);
+  }
+  float* Z = Z_.data();
+  gemm_f32(XS, Dp, WT, Dp, d, zero_.data(), Z, Dp, Rp, Dp / VW, false, false);
+  zstride_ = Dp;
+  x = Z_.data();  // every pass below reads the whitened rows (stride zstride_)
   // Normal equations [F T]^T [F T] for F = features: one SIMD GEMM per tile of rows, summed in double.
   std::fill(G_.begin(), G_.end(), 0.0);
   float* F = F_.data();
@@ -70,7 +156,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
     const int64_t nr = std::min<int64_t>(kProbeTile, R - r0);
     std::fill(F, F + kProbeTile * Np, 0.f);
     for (int64_t r = 0; r < nr; ++r) {
-      row_features(x + (r0 + r) * d_, F + r * Np);
+      row_features(x + (r0 + r) * zstride_, F + r * Np);
       for (int64_t o = 0; o < k; ++o) F[r * Np + nf + o] = target[(r0 + r) * k + o];
     }
     std::fill(FT, FT + Mp * kProbeTile, 0.f);
@@ -139,7 +225,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
   for (int pass = 0; pass < 2; ++pass) {
     s = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-      row_features(x + r * d_, f);
+      row_features(x + r * zstride_, f);
       for (int64_t o = 0; o < k; ++o) {
         double p = 0.0;
         for (int64_t i = 0; i < nf; ++i) p += static_cast<double>(f[i]) * C_[i * k + o];
@@ -150,12 +236,23 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
       }
     }
     if (pass == 1) break;
+    // The intercept-only fit bounds the least-squares SSE from above; a solve that lands above it has failed
+    // numerically (it would need features near-singular beyond the ridge): the bound is the better estimate.
+    tsum_.assign(static_cast<std::size_t>(k), 0.0);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t o = 0; o < k; ++o) tsum_[o] += target[r * k + o];
+    sse0_ = 0.0;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t o = 0; o < k; ++o) {
+        const double e = target[r * k + o] - tsum_[o] / static_cast<double>(std::max<int64_t>(R, 1));
+        sse0_ += e * e;
+      }
     for (int64_t o = 0; o < k; ++o) {
       solve_into(grad.data() + o, k, col.data());
       for (int64_t i = 0; i < nf; ++i) C_[i * k + o] += col[i];
     }
   }
-  return s;
+  return std::min(s, sse0_);
 }
 
 namespace {

@@ -16,9 +16,10 @@ namespace unshuffle {
 enum ProbeFeatures : int { kProbeLinear = 0, kProbeQuadratic = 1 };
 
 // Sum of squared errors of the least-squares fit target ~ features(x) C, over R rows and k outputs.
-// The columns of x are first centred and scaled (u = (x - mean) / std, in double): [u, u*u, 1] spans the same
-// functions as [x, x*x, 1], so the fit is the same, but the normal equations stay well conditioned when the
-// residual stream grows large (|x| ~ 1e3 late in some networks). The normal equations are accumulated in float per tile of rows and in double across tiles, solved in double
+// x is first whitened (columns standardised, z = L^-1 xs with corr = L L^T; a column whose remaining
+// variance is below 1e-10 is dropped as collinear) and the features are [z, min(z*z, 64), 1] (quadratic) or [z, 1] (linear): z spans x,
+// so a target linear in x is read exactly, and the normal equations stay well conditioned when a stream
+// grows large or collapses onto a few directions. The normal equations are accumulated in float per tile of rows and in double across tiles, solved in double
 // after scaling by the diagonal (a tiny relative ridge; exactly dependent features are dropped), and the SSE
 // is measured by a second pass over the rows: the residual is stationary in C, so errors in C enter only to
 // second order. Deterministic: the same inputs give the same bits on every thread.
@@ -35,7 +36,10 @@ class Probe {
   double ridge_;
   FloatBuf F_, FT_, Gt_, zero_;        // one tile: rows x columns, its transpose, F^T F; a zero bias row
   std::vector<float> f_;
-  std::vector<double> G_, C_, scale_, y_, mean_, inv_;
+  std::vector<double> G_, C_, scale_, y_, mean_, sd_, tsum_, cov_, W_;
+  FloatBuf XS_, Z_, WT_, CT_, Ct_;  // standardised rows, whitened rows (stride zstride_), whitening map, tiles
+  int64_t zstride_ = 0;
+  double sse0_ = 0.0;
   std::vector<char> dropped_;
 };
 

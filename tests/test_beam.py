@@ -47,10 +47,26 @@ def test_probe_sse_dependent_features_are_dropped_not_nan():
     x = rng.standard_normal((200, 6)).astype(F32)
     x[:, 2] = 1.0  # constant column: x, x*x and the intercept coincide
     x[:, 4] = x[:, 3]  # duplicate column
-    t = (x[:, :1] * 2 - x[:, 3:4] ** 2).astype(F32)
+    t = (x[:, :1] * 2 - x[:, 3:4]).astype(F32)
     got = _core.probe_sse(x, t, "quadratic")
     assert np.isfinite(got) and got == pytest.approx(bm.probe_sse_reference(x, t, "quadratic"), abs=1e-6)
-    assert got < 1e-6  # t is exactly in the span
+    assert got < 1e-6  # t is linear in x: exactly in the span
+
+
+def test_probe_sse_stays_accurate_on_a_collapsed_exploding_stream():
+    """A stream that has collapsed onto a few directions and grown to |x| ~ 1e4 (what a badly ordered chaotic
+    net produces): the raw features' condition number is ~1e6, which a float32 Gram cannot solve; after the
+    whitening the core agrees with lstsq."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((2000, 3))
+    x = base @ rng.standard_normal((3, 24)) * 300 + 1e-3 * rng.standard_normal((2000, 24))
+    x[:5] *= 40  # a few exploding rows
+    t = np.tanh(base[:, :1]) + 0.1 * rng.standard_normal((2000, 1))
+    x, t = x.astype(F32), t.astype(F32)
+    for features in ("quadratic", "linear"):
+        got, ref = _core.probe_sse(x, t, features), bm.probe_sse_reference(x, t, features)
+        assert got == pytest.approx(ref, rel=1e-4)
+        assert got <= float(((t - t.mean()) ** 2).sum()) * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("seed,width", [(0, 1), (1, 3), (2, 4), (3, 2)])

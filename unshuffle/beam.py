@@ -28,14 +28,35 @@ FEATURES = ("quadratic", "linear")
 
 # ------------------------------------------------------------------------------------------- reference
 def probe_features(x: np.ndarray, features: str = "quadratic") -> np.ndarray:
-    """Readout features of rows x (R, d): [x, x*x, 1] (quadratic) or [x, 1] (linear), float64."""
+    """Readout features of rows x (R, d), float64: [z, min(z*z, 64), 1] (quadratic) or [z, 1] (linear), with
+    z = x whitened column by column in the given order: columns standardised, then z = L^-1 xs for the
+    Cholesky factor of their correlation matrix (z_j = the part of column j not explained by the earlier ones,
+    at unit variance; a column whose remaining variance is below 1e-10 is dropped as collinear). z spans x, so a
+    target linear in x is read exactly; the squares saturate at 8 standard deviations so that a few exploding
+    rows cannot dominate."""
     x = np.asarray(x, dtype=np.float64)
-    cols = [x, x * x] if features == "quadratic" else [x]
-    return np.hstack(cols + [np.ones((x.shape[0], 1))])
+    R, d = x.shape
+    sd = x.std(axis=0)
+    xs = np.where(sd > 0, (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
+    corr = xs.T @ xs / R
+    L = np.zeros((d, d))
+    keep = np.zeros(d, bool)
+    for j in range(d):  # Cholesky with dropping, as the core does
+        diag = corr[j, j] - L[j, :j] @ L[j, :j]
+        keep[j] = sd[j] > 0 and diag > 1e-10
+        if not keep[j]:
+            continue
+        L[j, j] = np.sqrt(diag)
+        L[j + 1:, j] = (corr[j + 1:, j] - L[j + 1:, :j] @ L[j, :j]) / L[j, j]
+    z = np.zeros((R, d))
+    if keep.any():
+        z[:, keep] = np.linalg.solve(L[np.ix_(keep, keep)], xs[:, keep].T).T
+    cols = [z, np.minimum(z * z, 64.0)] if features == "quadratic" else [z]
+    return np.hstack(cols + [np.ones((R, 1))])
 
 
 def probe_sse_reference(x: np.ndarray, target: np.ndarray, features: str = "quadratic") -> float:
-    """Sum of squared errors of the least-squares fit target ~ features(x) C (numpy lstsq, float64)."""
+    """Sum of squared errors of the least-squares fit target ~ probe_features(x) C (numpy lstsq, float64)."""
     A = probe_features(x, features)
     T = np.asarray(target, dtype=np.float64)
     C, *_ = np.linalg.lstsq(A, T, rcond=None)

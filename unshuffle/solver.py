@@ -17,6 +17,7 @@ from ._lazy import torch
 from .ordering import EPS32, OrderResult, order
 from .pairing import PairResult, pair
 from .puzzle import Puzzle, load_puzzle
+from .reference import block_forward
 
 log = logging.getLogger("unshuffle")
 
@@ -47,13 +48,14 @@ class Verification:
 
 def forward(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int], X=None, dtype=None):
     """The assembled network's outputs for the given block order (stack indices), in ``dtype`` (default
-    float32), with torch (torch.nn.Linear arithmetic): the reference for the C++ forwards."""
+    float32), with torch (``reference.block_forward``: torch.nn.Linear arithmetic): the reference for the C++
+    forwards."""
     dtype = torch.float32 if dtype is None else dtype
     x = (puzzle.X if X is None else X).to(dtype)
     for a, b in zip(order_in, order_out):
-        hid = torch.relu(torch.addmm(puzzle.b_in[a].to(dtype), x, puzzle.W_in[a].to(dtype).T))
-        x = x + torch.addmm(puzzle.b_out[b].to(dtype), hid, puzzle.W_out[b].to(dtype).T)
-    return torch.addmm(puzzle.b_last.to(dtype), x, puzzle.W_last.to(dtype).T)
+        x = block_forward(x, puzzle.W_in[a].to(dtype), puzzle.b_in[a].to(dtype), puzzle.W_out[b].to(dtype),
+                          puzzle.b_out[b].to(dtype))
+    return torch.nn.functional.linear(x, puzzle.W_last.to(dtype), puzzle.b_last.to(dtype))
 
 
 def verify_reference(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int]) -> Verification:

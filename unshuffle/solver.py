@@ -1,7 +1,6 @@
 """solve(): pair, order, and prove the answer against the data."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -17,15 +16,10 @@ from . import native as _native
 from ._lazy import torch
 from .ordering import EPS32, OrderResult, order
 from .pairing import PairResult, pair
-from .puzzle import Puzzle, load_puzzle
+from .puzzle import Puzzle, answer_sha256, load_puzzle  # answer_sha256: re-exported
 from .reference import block_forward
 
 log = logging.getLogger("unshuffle")
-
-
-def answer_sha256(permutation: Sequence[int]) -> str:
-    """sha256 of ",".join(ids): the public puzzle's answer check."""
-    return hashlib.sha256(",".join(str(int(i)) for i in permutation).encode()).hexdigest()
 
 
 @dataclass
@@ -36,8 +30,11 @@ class Verification:
     float64 forward| of the same order over ``noise_rows`` rows, i.e. this order's own rounding noise.
     ``tolerance`` = max(8 * fp_noise, 32 * eps32 * max(1, max|pred|)); ``exact`` = max_abs_err <= tolerance.
     The data's pred was itself computed in float32 (other hardware, other summation order), so the right
-    order differs from it by a few rounding noises; a wrong order on any puzzle we have seen is off by orders
-    of magnitude more (public puzzle: right 5e-7, tolerance 6e-6, best wrong order found > 1e-3)."""
+    order differs from it by a few rounding noises (8x: room for a summation order other than ours; the floor:
+    32 float32 ulps of the outputs' scale when the network's own noise is tinier); a wrong order on any puzzle
+    we have seen is off by orders of magnitude more. Public puzzle: right order 2.1e-6 with the core's
+    arithmetic (4.8e-7 with torch's), tolerance 8.2e-6 (the floor), and the nearest single-move neighbour
+    8.4e-2, about 1e4 tolerances (``Solution.certificate``). ``row_err`` (R,): max abs error per row."""
 
     max_abs_err: float
     mse: float
@@ -45,7 +42,7 @@ class Verification:
     tolerance: float
     exact: bool
     noise_rows: int = 0  # rows the noise was measured on (all of them in the reference)
-    row_err: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # (R,) max abs error per row
+    row_err: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
 
 def forward(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int], X=None, dtype=None):

@@ -324,8 +324,8 @@ py::dict local_search_py(py::array X, py::array target, py::array W_in, py::arra
   check_order(fn, order_in, order_out, s.Ni, s.No, true);
   check_threads(fn, n_threads);
   SearchParams p;
-  if (schedule.is_none()) {
-    p.schedule = {{kAdjacent}, {kSwap, kInsert}};
+  if (schedule.is_none()) {  // unshuffle.search.DEFAULT_SCHEDULE
+    p.schedule = {{kAdjacent}, {kSwap, kInsert}, {kRepair}};
   } else {
     if (!py::isinstance<py::sequence>(schedule) || py::isinstance<py::str>(schedule))
       fail(fn, "schedule must be a sequence of move sets (sequences of move kinds)");
@@ -643,11 +643,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("local_search", &local_search_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
         py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"), py::arg("order_in"),
         py::arg("order_out"), py::arg("schedule") = py::none(), py::arg("stop_loss") = 0.0,
-        py::arg("max_rounds") = 1000000, py::arg("kicks") = 0, py::arg("seed") = 0,
+        py::arg("max_rounds") = 10000, py::arg("kicks") = 0, py::arg("seed") = 0,
         py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0, py::arg("multi") = false,
         py::arg("stop") = nullptr,
-        "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
-        "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
+        "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. Defaults as\n"
+        "unshuffle.search.local_search: schedule [[adjacent], [swap, insert], [repair]], max_rounds 10000. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
         "rows [round, kind, i, j, loss, n_candidates] (round: 1-based round that found the move; kicks: kind 4,\n"
         "n_candidates 0, round = rounds done so far),\n"
         "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"

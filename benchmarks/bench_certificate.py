@@ -1,7 +1,7 @@
 """Cost of the uniqueness certificate (unshuffle.certificate) as a fraction of the solve, one run, one machine.
 
-In process, alternating, medians of ``--repeat``: ``solve(puzzle, certificate=False)`` (the whole solve
-without the certificate) and ``certify()`` of its answer (what ``solve()`` adds by default). Also, once each,
+In process, alternating, medians of ``--repeat`` (wall and CPU seconds): ``solve(puzzle, certificate=False)``
+(the whole solve without the certificate) and ``certify()`` of its answer (what ``solve()`` adds by default). Also, once each,
 the yardsticks the certificate is measured against: brute force (every neighbour on every row) in
 neighbour-rows, and the time ``score_candidates`` over cached prefixes takes to score every neighbour on one
 24-row tile (its smallest unit of work), from which scoring every neighbour on every row that way is
@@ -44,15 +44,18 @@ def main() -> None:
     o = sol.order_result
     v = verify(pz, o.order, o.order_out)
     certify(pz, o.order, o.order_out, v.tolerance, row_errors=v.row_err)
-    t_solve, t_cert = [], []
+    t_solve, t_cert, c_solve, c_cert = [], [], [], []
     for _ in range(args.repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         solve(pz, certificate=False)
         t_solve.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        c_solve.append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         cert = certify(pz, o.order, o.order_out, v.tolerance, row_errors=v.row_err)
         t_cert.append(time.perf_counter() - t)
+        c_cert.append(time.process_time() - c)
     solve_s, cert_s = statistics.median(t_solve), statistics.median(t_cert)
+    solve_cpu, cert_cpu = statistics.median(c_solve), statistics.median(c_cert)
 
     # Yardstick: score_candidates over the answer's cached prefixes, every neighbour on one 24-row tile.
     starts, seq_in, seq_out, _ = neighbours(o.order, o.order_out)
@@ -71,6 +74,7 @@ def main() -> None:
                     "loadavg_after": os.getloadavg()},
         "solve_without_certificate_s": solve_s, "certificate_s": cert_s, "certificate_over_solve": cert_s / solve_s,
         "solve_runs_s": t_solve, "certificate_runs_s": t_cert,
+        "solve_cpu_s": solve_cpu, "certificate_cpu_s": cert_cpu, "certificate_over_solve_cpu": cert_cpu / solve_cpu,
         "certificate": {"neighbours": cert.neighbours, "neighbours_checked": cert.neighbours_checked,
                         "complete": cert.complete, "min_neighbour_error_ratio": cert.min_neighbour_error_ratio,
                         "min_neighbour_max_abs_err": cert.min_neighbour_max_abs_err, "tolerance": cert.tolerance,
@@ -81,8 +85,9 @@ def main() -> None:
         "score_candidates_one_tile_s": tile_s,
         "score_candidates_all_rows_extrapolated_s": tile_s * pz.n_rows / 24,
     }
-    print(f"solve (no certificate) {solve_s:.3f} s, certificate {cert_s:.3f} s = {cert_s / solve_s:.2f} of the solve "
-          f"(median of {args.repeat}; load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})")
+    print(f"solve (no certificate) {solve_s:.3f} s, certificate {cert_s:.3f} s = {cert_s / solve_s:.2f} of the solve; "
+          f"CPU {solve_cpu:.3f} s vs {cert_cpu:.3f} s = {cert_cpu / solve_cpu:.2f} (medians of {args.repeat}; "
+          f"load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"ratio {cert.min_neighbour_error_ratio:.5g} ({m['kind']} {m['i']},{m['j']}); {cert.neighbour_rows} neighbour-rows "
           f"= {res['neighbour_rows_over_brute_force']:.2%} of brute force; score_candidates: {tile_s:.3f} s per 24-row "
           f"tile of all {cert.neighbours} neighbours, ~{res['score_candidates_all_rows_extrapolated_s']:.0f} s for all rows")

@@ -30,13 +30,13 @@ batch would.
 
 The core batches all candidates that apply the same block at the same position into one product, so one row
 of every neighbour costs about as much as that many rows of one neighbour (``score_candidates`` over cached
-prefixes would pad each neighbour to a 24-row tile: 25x the work for the screen).
+prefixes would pad each neighbour to a 24-row tile: 24x the work for the screen).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 

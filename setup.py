@@ -42,11 +42,19 @@ class OptionalBuildExt(build_ext):
         )
 
 
+# Instruction set of the core (csrc/scorer.cpp picks its SIMD width from the compiler's macros):
+#   UNSHUFFLE_SIMD=native (default): -march=native (AVX-512 where the build machine has it);
+#   UNSHUFFLE_SIMD=avx2: AVX2 + FMA (8-wide, __AVX__) for machines without AVX-512;
+#   UNSHUFFLE_SIMD=portable (or UNSHUFFLE_PORTABLE=1): the compiler's baseline (SSE2 on x86-64, 4-wide).
+# tests/test_simd_variants.py builds the non-native ones into a temporary folder and checks them.
+SIMD_FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma"], "portable": []}
+SIMD = os.environ.get("UNSHUFFLE_SIMD", "portable" if os.environ.get("UNSHUFFLE_PORTABLE") else "native")
+if SIMD not in SIMD_FLAGS:
+    raise RuntimeError(f"UNSHUFFLE_SIMD={SIMD!r}: use one of {', '.join(SIMD_FLAGS)}")
+
 ext_modules = []
 if Pybind11Extension is not None and glob("csrc/*.cpp"):
-    extra = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
-    if os.environ.get("UNSHUFFLE_PORTABLE"):  # wheels for other machines: no -march=native
-        extra.remove("-march=native")
+    extra = ["-O3", *SIMD_FLAGS[SIMD], "-ffast-math", "-fno-finite-math-only", "-fopenmp"]
     ext_modules.append(
         Pybind11Extension(
             "unshuffle._core",

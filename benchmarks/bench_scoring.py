@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from unshuffle import reference
+from unshuffle.testing import random_net
 
 try:
     from unshuffle import _core
@@ -53,19 +54,10 @@ def _torch_bmm_score(prefix, starts, seq_in, seq_out, W_in, b_in, W_out, b_out, 
 
 
 def make_problem(N, d, h, k, R, kinds, seed=0):
-    rng = np.random.default_rng(seed)
-    f = np.float32
-    w = dict(
-        W_in=(rng.standard_normal((N, h, d)) / np.sqrt(d)).astype(f),
-        b_in=(0.1 * rng.standard_normal((N, h))).astype(f),
-        W_out=(0.3 * rng.standard_normal((N, d, h)) / np.sqrt(h)).astype(f),
-        b_out=(0.1 * rng.standard_normal((N, d))).astype(f),
-        W_last=(rng.standard_normal((k, d)) / np.sqrt(d)).astype(f),
-        b_last=rng.standard_normal(k).astype(f),
-    )
-    X = rng.standard_normal((R, d)).astype(f)
-    target = rng.standard_normal((R, k)).astype(f)
-    order = rng.permutation(N).astype(np.int64)
+    net = random_net(seed, n=N, d=d, h=h, k=k, rows=R, w_in=1.0, w_out=0.3, b_last=1.0, target="random")
+    w = {k_: v for k_, v in net.as_dict().items() if k_ not in ("X", "target")}
+    X, target = net.X, net.target
+    order = np.asarray(net.order_in, dtype=np.int64)
     T = torch.from_numpy
     prefix = reference.forward_prefixes(T(X), order, order, T(w["W_in"]), T(w["b_in"]), T(w["W_out"]), T(w["b_out"]))
     starts, seq_in, seq_out = _candidates(order, kinds)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "beam.hpp"
+#include "certificate.hpp"
 #include "native.hpp"
 #include "scorer.hpp"
 #include "search.hpp"
@@ -209,6 +210,55 @@ py::array_t<double> score_candidates_py(py::array prefix, py::array starts, py::
   return out;
 }
 
+py::tuple branch_errors_py(py::array X, py::array order_in, py::array order_out, py::array starts, py::array seq_in,
+                           py::array seq_out, py::array W_in, py::array b_in, py::array W_out, py::array b_out,
+                           py::array W_last, py::array b_last, py::array target, bool per_row, int n_threads,
+                           const StopFlag* stop, py::object time_limit_s) {
+  const std::string fn = "branch_errors";
+  const double tl = parse_time_limit(fn, time_limit_s);
+  auto xs = check(X, fn, "X", true, 2, "(R, d)");
+  const int64_t R = xs[0], d = xs[1];
+  const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
+  check_head(fn, R, d, W_last, b_last, target);
+  check_order(fn, order_in, order_out, s.Ni, s.No, true);
+  const int64_t N = order_in.shape(0);
+  auto st = check(starts, fn, "starts", false, 1, "(K,)");
+  const int64_t K = st[0];
+  auto sq = check(seq_in, fn, "seq_in", false, 2, "(K, L)");
+  expect_shape(fn, "seq_in", seq_in, {K, sq[1]}, "(K, L) with K from starts");
+  const int64_t L = sq[1];
+  check(seq_out, fn, "seq_out", false, 2, "(K, L)");
+  expect_shape(fn, "seq_out", seq_out, {K, L}, "(K, L): the same shape as seq_in");
+  check_threads(fn, n_threads);
+  // starts index the base order's N + 1 prefixes
+  const IndexError e = check_candidates(ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, N + 1,
+                                        s.Ni, s.No);
+  if (!e.ok) {
+    std::string where = e.arg + "[" + std::to_string(e.row) + (e.col >= 0 ? ", " + std::to_string(e.col) : "") + "]";
+    fail(fn, where + " = " + std::to_string(e.value) + " " + e.what);
+  }
+  py::array_t<double> max_abs(K), sse(K);
+  double* pm = max_abs.mutable_data();
+  double* ps = sse.mutable_data();
+  py::array_t<double> rows({static_cast<py::ssize_t>(per_row ? K : 0), static_cast<py::ssize_t>(per_row ? R : 0)});
+  double* pr = per_row ? rows.mutable_data() : nullptr;
+  bool cut = false;
+  const char* why = nullptr;
+  {
+    py::gil_scoped_release nogil;
+    const PackedNet net = pack_net(ptr<float>(W_in), ptr<float>(b_in), s.Ni, ptr<float>(W_out), ptr<float>(b_out),
+                                   s.No, d, s.h);
+    const Stopper stopper(stop, tl);
+    branch_errors(net, ptr<float>(X), R, ptr<int64_t>(order_in), ptr<int64_t>(order_out), N, ptr<int64_t>(starts),
+                  ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, ptr<float>(W_last), ptr<float>(b_last),
+                  ptr<float>(target), static_cast<int64_t>(W_last.shape(0)), pm, ps, pr, n_threads, &stopper, &cut);
+    if (cut) why = stopper.reason();
+  }
+  if (cut) throw StoppedError(why ? why : "interrupted");
+  if (per_row) return py::make_tuple(max_abs, sse, rows);
+  return py::make_tuple(max_abs, sse);
+}
+
 py::array_t<float> forward_prefixes_py(py::array X, py::array order_in, py::array order_out, py::array W_in,
                                        py::array b_in, py::array W_out, py::array b_out, int n_threads, int tile_rows) {
   const std::string fn = "forward_prefixes";
@@ -274,8 +324,8 @@ py::dict local_search_py(py::array X, py::array target, py::array W_in, py::arra
   check_order(fn, order_in, order_out, s.Ni, s.No, true);
   check_threads(fn, n_threads);
   SearchParams p;
-  if (schedule.is_none()) {
-    p.schedule = {{kAdjacent}, {kSwap, kInsert}};
+  if (schedule.is_none()) {  // unshuffle.search.DEFAULT_SCHEDULE
+    p.schedule = {{kAdjacent}, {kSwap, kInsert}, {kRepair}};
   } else {
     if (!py::isinstance<py::sequence>(schedule) || py::isinstance<py::str>(schedule))
       fail(fn, "schedule must be a sequence of move sets (sequences of move kinds)");
@@ -613,6 +663,18 @@ PYBIND11_MODULE(_core, m) {
         "C-contiguous. n_threads=0 uses the OpenMP default; results do not depend on it. tile_rows (rows per\n"
         "work item, rounded up to a multiple of 24; 0 = default) is a tuning knob for benchmarks. stop\n"
         "(StopFlag) or time_limit_s cut the call short: it then raises Stopped('interrupted'|'time_limit').");
+  m.def("branch_errors", &branch_errors_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"),
+        py::arg("starts"), py::arg("seq_in"), py::arg("seq_out"), py::arg("W_in"), py::arg("b_in"), py::arg("W_out"),
+        py::arg("b_out"), py::arg("W_last"), py::arg("b_last"), py::arg("target"), py::arg("per_row") = false,
+        py::arg("n_threads") = 0, py::arg("stop") = nullptr, py::arg("time_limit_s") = py::none(),
+        "(max_abs (K,), sse (K,)) float64 of K candidates that run the first starts[c] blocks of the order\n"
+        "(order_in, order_out), then seq_in[c]/seq_out[c] (-1 padded), then the last layer: max |y - target| and\n"
+        "the sum of (y - target)^2 over the rows of X, y the float32 output (score_candidates' contract with the\n"
+        "order's prefixes of X; 0 <= starts <= N). Candidates applying the same block at the same position are\n"
+        "batched into one product (the certificate's scorer). per_row=True adds a third array (K, R): each\n"
+        "row's max over outputs. Each row's values depend on that row only. stop / time_limit_s: raises Stopped.");
+  m.def("simd_floats", &simd_floats,
+        "Floats per SIMD vector this build's kernel uses (16: AVX-512, 8: AVX/AVX2, 4: baseline; see setup.py).");
   m.def("forward_prefixes", &forward_prefixes_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"),
         py::arg("W_in"), py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("n_threads") = 0,
         py::arg("tile_rows") = 0, "Activations after each position of the order: (N+1, R, d) float32, [0] = X.");
@@ -626,11 +688,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("local_search", &local_search_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
         py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"), py::arg("order_in"),
         py::arg("order_out"), py::arg("schedule") = py::none(), py::arg("stop_loss") = 0.0,
-        py::arg("max_rounds") = 1000000, py::arg("kicks") = 0, py::arg("seed") = 0,
+        py::arg("max_rounds") = 10000, py::arg("kicks") = 0, py::arg("seed") = 0,
         py::arg("time_limit_s") = py::none(), py::arg("n_threads") = 0, py::arg("multi") = false,
         py::arg("stop") = nullptr,
-        "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. schedule defaults to\n"
-        "[[adjacent], [swap, insert]]. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
+        "Local search of docs/SEARCH.md, whole loop in C++ with the GIL released. Defaults as\n"
+        "unshuffle.search.local_search: schedule [[adjacent], [swap, insert], [repair]], max_rounds 10000. Returns dict(order_in, order_out, loss (best so far), history (M, 6)\n"
         "rows [round, kind, i, j, loss, n_candidates] (round: 1-based round that found the move; kicks: kind 4,\n"
         "n_candidates 0, round = rounds done so far),\n"
         "rounds, candidates_scored, block_rows (scored block applications x rows), stopped_reason in\n"

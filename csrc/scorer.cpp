@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #ifdef _OPENMP
@@ -341,5 +342,15 @@ void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t 
 }
 
 int simd_floats() { return VW; }
+
+int gemm_row_align(int64_t nvec) {
+  // The micro-tile heights of the column chunks gemm() splits nvec into (same split as gemm()).
+  if (nvec <= 0) return 1;
+  const int64_t nchunks = (nvec + NVMAX - 1) / NVMAX;
+  const int64_t base = nvec / nchunks, extra = nvec % nchunks;
+  int a = mr_for(static_cast<int>(base));
+  if (extra) a = std::lcm(a, mr_for(static_cast<int>(base + 1)));
+  return a;
+}
 
 }  // namespace unshuffle

@@ -100,5 +100,8 @@ void gemm_f32(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t 
               int64_t ldc, int64_t M, int64_t nvec, bool relu, bool add);
 // Floats per SIMD vector of the kernel (PackedNet pads d and h to a multiple of this).
 int simd_floats();
+// Smallest row count M that gemm_f32 accepts for nvec column vectors (M must be a multiple of it); it
+// divides kRowAlign. Lets callers with few rows pad less than kRowAlign (certificate.cpp).
+int gemm_row_align(int64_t nvec);
 
 }  // namespace unshuffle

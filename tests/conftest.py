@@ -32,30 +32,11 @@ def make_random_net(n=6, d=8, h=12, k=1, rows=64, seed=0, scale=0.4):
     """A random (untrained) residual net with a known order: returns (Puzzle, order_in, order_out).
 
     Block b of the true network uses W_in[perm_in[b]] and W_out[perm_out[b]], so stack order != run order.
+    (``unshuffle.testing.random_puzzle``, the builder tests and benchmarks share.)
     """
-    from unshuffle.puzzle import Puzzle
+    from unshuffle.testing import random_puzzle
 
-    g = torch.Generator().manual_seed(seed)
-    W_in = torch.randn(n, h, d, generator=g) * scale / d**0.5
-    b_in = torch.randn(n, h, generator=g) * 0.1
-    W_out = torch.randn(n, d, h, generator=g) * scale / h**0.5
-    b_out = torch.randn(n, d, generator=g) * 0.1
-    W_last = torch.randn(k, d, generator=g) / d**0.5
-    b_last = torch.randn(k, generator=g) * 0.1
-    X = torch.randn(rows, d, generator=g)
-    perm_in = torch.randperm(n, generator=g).tolist()
-    perm_out = torch.randperm(n, generator=g).tolist()
-    x = X
-    for a, b in zip(perm_in, perm_out):
-        x = x + torch.relu(x @ W_in[a].T + b_in[a]) @ W_out[b].T + b_out[b]
-    pred = x @ W_last.T + b_last
-    ids = torch.randperm(2 * n + 1, generator=g).tolist()
-    ids = sorted(ids[:n]) + sorted(ids[n : 2 * n]) + [ids[2 * n]]
-    pz = Puzzle(
-        inp_ids=ids[:n], out_ids=ids[n : 2 * n], last_id=ids[2 * n],
-        W_in=W_in, b_in=b_in, W_out=W_out, b_out=b_out, W_last=W_last, b_last=b_last, X=X, pred=pred,
-    )
-    return pz, perm_in, perm_out
+    return random_puzzle(seed, n, d, h, k, rows, w_in=scale, w_out=scale)
 
 
 @pytest.fixture

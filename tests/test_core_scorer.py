@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from unshuffle import reference
+from unshuffle.testing import random_net
 
 core = pytest.importorskip(
     "unshuffle._core", reason="C++ extension unshuffle._core not built (CI builds it with UNSHUFFLE_REQUIRE_EXT=1)"
@@ -14,17 +15,11 @@ EPS32 = 2.0 ** -24  # float32 unit roundoff
 
 
 def make_net(rng, Ni, No, d, h, k, R):
-    """Random residual-net pieces scaled so activations stay O(1) over a handful of blocks."""
-    return dict(
-        W_in=(rng.standard_normal((Ni, h, d)) / np.sqrt(d)).astype(F32),
-        b_in=(0.1 * rng.standard_normal((Ni, h))).astype(F32),
-        W_out=(0.3 * rng.standard_normal((No, d, h)) / np.sqrt(h)).astype(F32),
-        b_out=(0.1 * rng.standard_normal((No, d))).astype(F32),
-        W_last=(rng.standard_normal((k, d)) / np.sqrt(d)).astype(F32),
-        b_last=rng.standard_normal(k).astype(F32),
-        X=rng.standard_normal((R, d)).astype(F32),
-        target=rng.standard_normal((R, k)).astype(F32),
-    )
+    """Random residual-net pieces scaled so activations stay O(1) over a handful of blocks, random targets
+    (``unshuffle.testing.random_net``, seeded from rng)."""
+    net = random_net(int(rng.integers(1 << 31)), n=Ni, n_out=No, d=d, h=h, k=k, rows=R, w_in=1.0, w_out=0.3,
+                     b_last=1.0, target="random")
+    return net.as_dict()
 
 
 def random_candidates(rng, K, L, P, Ni, No):

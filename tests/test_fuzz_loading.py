@@ -5,10 +5,13 @@ Inputs: random bytes under each piece suffix; valid .pth/.safetensors/.npz bytes
 and spliced; random pickles (nested Python objects, protocols 0-5) both bare and inside a valid torch zip;
 torch.save of random nested objects with tensors; random network files; random and mutated CSV text.
 
-Bounds: ~1,300 cases by default, well under 60 s on 2 cores (set UNSHUFFLE_FUZZ_SCALE=10 for a longer run).
-Per-example deadline (hypothesis) catches slow cases; a faulthandler watchdog kills the run with a
-traceback if a case hangs inside C code, where no Python-level timeout can reach. The number of cases
-run is printed in pytest's terminal summary ("fuzz loading: N cases ...").
+Budget in examples, not seconds: 2,050 cases by default (each test's max_examples; set UNSHUFFLE_FUZZ_SCALE=10
+for a longer run), every input bounded in size (a few KB), so the work is the same on any machine; ~30 s on 2
+busy cores. No per-example deadline: wall-clock limits fail at random on a loaded machine (a busy core can
+stall one example for seconds) and a slow but finishing case is not a bug here. What catches a hang is a
+faulthandler watchdog per test, far beyond any honest run (HANG_SECONDS): it kills the run with a traceback
+even inside C code, where no Python-level timeout can reach. The number of cases run is printed in pytest's
+terminal summary ("fuzz loading: N cases ...").
 """
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ import tempfile
 import time
 import zipfile
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,9 @@ from unshuffle.puzzle import _load_network_file, _load_piece, _read_csv
 from unshuffle.tensorfiles import read_tensor_file, read_torch_reference
 
 SCALE = float(os.environ.get("UNSHUFFLE_FUZZ_SCALE", "1"))
-HANG_SECONDS = 120  # a single test running this long is a hang: dump tracebacks and exit
+# A test still running after this long is hung, not slow: its 100-350 bounded cases take ~1-10 s on 2 busy
+# cores, so this is ~50x the slowest test's time, scaled with the number of cases.
+HANG_SECONDS = int(600 * max(1.0, SCALE))
 CASES: Counter = Counter()
 STATS = {"seconds": 0.0}
 
@@ -43,7 +47,7 @@ STATS = {"seconds": 0.0}
 def fuzz_settings(n: int):
     return settings(
         max_examples=max(1, int(n * SCALE)),
-        deadline=timedelta(seconds=3),
+        deadline=None,  # see the module docstring: bounded inputs, a budget in examples, a hang watchdog
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )

@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from test_cli import _noise_puzzle
 from unshuffle.cancel import CancelToken, Cancelled
 from unshuffle.puzzle import load_puzzle
 from unshuffle.solver import solve
+from unshuffle.testing import random_net
 
 
 def _start(args, hold=None):
@@ -147,14 +147,9 @@ def test_kick_redraws_are_bounded():
     from unshuffle.backends import get_scorer
     from unshuffle.search import local_search
 
-    g = torch.Generator().manual_seed(0)
-    n, d, h, R = 3, 4, 6, 16
-    W_in, b_in = torch.randn(n, h, d, generator=g), torch.randn(n, h, generator=g)
-    W_out, b_out = torch.randn(n, d, h, generator=g), torch.randn(n, d, generator=g)
-    W_last, b_last = torch.randn(1, d, generator=g), torch.randn(1, generator=g)
-    X, T = torch.randn(R, d, generator=g), torch.randn(R, 1, generator=g)
-    r = local_search(get_scorer("torch"), X, T, W_in, b_in, W_out, b_out, W_last, b_last, [0, 1, 2], [0, 1, 2],
-                     kicks=10**6, stop_loss=-1.0)
+    t = random_net(0, n=3, d=4, h=6, rows=16, target="random").tensors()
+    r = local_search(get_scorer("torch"), t["X"], t["target"], t["W_in"], t["b_in"], t["W_out"], t["b_out"],
+                     t["W_last"], t["b_last"], [0, 1, 2], [0, 1, 2], kicks=10**6, stop_loss=-1.0)
     assert r.stopped == "local_optimum"
 
 

@@ -279,3 +279,16 @@ def test_lazy_module_imports_on_first_use_and_caches():
         lazy.__wrapped__  # introspection probes do not import anything
     with pytest.raises(AttributeError):
         lazy.no_such_name
+
+
+def test_solver_forward_is_the_addmm_loop_bit_for_bit():
+    """solver.forward runs reference.block_forward (F.linear); that is nn.Linear's addmm, so its results are
+    those of the explicit addmm loop it replaced, in float32 and float64."""
+    pz, oi, oo = make_random_net(n=6, d=10, h=18, k=2, rows=80, seed=9)
+    for dt in (torch.float32, torch.float64):
+        x = pz.X.to(dt)
+        for a, b in zip(oi, oo):
+            hid = torch.relu(torch.addmm(pz.b_in[a].to(dt), x, pz.W_in[a].to(dt).T))
+            x = x + torch.addmm(pz.b_out[b].to(dt), hid, pz.W_out[b].to(dt).T)
+        y = torch.addmm(pz.b_last.to(dt), x, pz.W_last.to(dt).T)
+        assert torch.equal(solver.forward(pz, oi, oo, dtype=dt), y)

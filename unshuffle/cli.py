@@ -69,6 +69,8 @@ def _human(sol, puzzle) -> str:
         f"seeds (mse): " + ", ".join(f"{k} {v:.3g}" for k, v in o.seed_mse.items()),
         f"search     : start {o.start}, {o.rounds} rounds, moves {o.moves_used or '{}'}, stopped: {sol.stopped}, backend {sol.backend}",
         f"verify     : max abs err {sol.max_abs_err:.3g} (tolerance {sol.tolerance:.3g}), mse {sol.mse:.3g}",
+        f"certificate: " + (sol.certificate.summary() if sol.certificate is not None else
+                            "not computed (--no-certificate)" if sol.exact else "none (the answer is not exact)"),
         f"time       : " + ", ".join(f"{k} {v:.2f}s" for k, v in sol.timings.items() if "." not in k),
         f"budget     : {budget}",
         f"exact      : {sol.exact}",
@@ -116,7 +118,8 @@ def _solve_and_print(args, puzzle) -> int:
     try:
         with _sigint_cancels(token):
             sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=limit, token=token, bt=args.bt,
-                        progress=update, kicks=args.kicks, starts=args.starts, search_rows=args.search_rows)
+                        progress=update, kicks=args.kicks, starts=args.starts, search_rows=args.search_rows,
+                        certificate=not args.no_certificate)
     finally:
         if bar is not None:
             bar.close()
@@ -152,6 +155,8 @@ def _add_solve_options(p):
     p.add_argument("--kicks", type=int, default=30, help="random restarts per start when stuck (default 30)")
     p.add_argument("--starts", type=int, default=3, help="distinct seeds the search may start from (default 3)")
     p.add_argument("--search-rows", type=int, default=256, help="rows scoring the search (default 256; the answer is verified on all)")
+    p.add_argument("--no-certificate", action="store_true",
+                   help="skip the certificate (every single-move neighbour of an exact answer scored on all rows)")
     p.add_argument("--report", metavar="DIR", help="write a Markdown report with plots to DIR (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
 

@@ -27,11 +27,8 @@ Regimes (what the training looks like; see docs/pairing_study.md for the measure
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +36,9 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from .puzzle import answer_sha256  # re-exported (see __all__)
+from .safeio import atomic_open, atomic_write_bytes
 
 __all__ = ["TrainConfig", "REGIMES", "GeneratedPuzzle", "make_puzzle", "make_task", "init_network",
            "train_network", "network_forward", "answer_sha256"]
@@ -93,9 +93,6 @@ class GeneratedPuzzle:
     stats: Dict[str, float] = field(default_factory=dict)
 
 
-def answer_sha256(answer: List[int]) -> str:
-    """sha256 of ``",".join(str(i) for i in answer)`` (the public puzzle's answer check)."""
-    return hashlib.sha256(",".join(str(int(i)) for i in answer).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- task
@@ -220,23 +217,6 @@ def _fmt(a: np.ndarray) -> np.ndarray:
                      for v in a.astype(np.float32).ravel()], dtype=object).reshape(a.shape)
 
 
-def _atomic_write(path: Path, writer) -> None:
-    """Write via a temp file in the same folder, then os.replace (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _csv_text(X: np.ndarray, pred: np.ndarray, true: np.ndarray) -> bytes:
     d, k = X.shape[1], pred.shape[1]
     cols = [f"measurement_{i}" for i in range(d)]
@@ -311,16 +291,17 @@ def make_puzzle(
         answer_path.unlink()
     for pos, pid in enumerate(answer):
         w, b = wb[pos]
-        _atomic_write(pieces / f"piece_{pid}.pth", lambda fh, w=w, b=b: torch.save({"weight": w, "bias": b}, fh))
+        with atomic_open(pieces / f"piece_{pid}.pth", "wb") as fh:  # never a half-written file
+            torch.save({"weight": w, "bias": b}, fh)
     keep = {f"piece_{pid}.pth" for pid in answer}
     for f in pieces.glob("piece_*.pth"):
         if f.name not in keep:
             f.unlink()
     data_path = out / "historical_data.csv"
     text = _csv_text(X.numpy(), pred.numpy(), Y.numpy())
-    _atomic_write(data_path, lambda fh: fh.write(text))
+    atomic_write_bytes(data_path, text)
     sha = answer_sha256(answer)
-    _atomic_write(answer_path, lambda fh: fh.write(json.dumps({"answer": answer, "sha256": sha}).encode()))
+    atomic_write_bytes(answer_path, json.dumps({"answer": answer, "sha256": sha}).encode())
 
     mse_true = float(((pred - Y) ** 2).mean())
     stats = {"seconds_total": time.perf_counter() - t0, "seconds_train": t_train, "mse_pred_true": mse_true,

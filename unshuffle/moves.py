@@ -12,7 +12,6 @@ import numpy as np
 
 ADJACENT, SWAP, INSERT, REPAIR, KICK = 0, 1, 2, 3, 4
 KIND_NAMES = {ADJACENT: "adjacent", SWAP: "swap", INSERT: "insert", REPAIR: "repair", KICK: "kick"}
-KIND_CODES = {v: k for k, v in KIND_NAMES.items()}
 
 MASK64 = (1 << 64) - 1
 
@@ -45,10 +44,6 @@ def apply_move(order_in: Sequence[int], order_out: Sequence[int], kind: int, i: 
     else:
         raise ValueError(f"unknown move kind {kind}")
     return oi, oo
-
-
-def move_start(kind: int, i: int, j: int) -> int:
-    return min(i, j)
 
 
 def generate_candidates(order_in: Sequence[int], order_out: Sequence[int], kinds: Sequence[int]):

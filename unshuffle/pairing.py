@@ -120,14 +120,15 @@ METHODS = ("trace", "ratio", "unitnorm", "data_norm", "data_dot")
 
 
 def pair(puzzle: Puzzle, method: str = "trace") -> PairResult:
-    """Pair every inp piece with an out piece (Hungarian assignment on ``method``: 'trace' or 'ratio').
+    """Pair every inp piece with an out piece: Hungarian assignment on the score matrix of ``method``, one of
+    ``METHODS``: 'trace', 'ratio' (the diagonal of W_out W_in), 'unitnorm', 'data_norm', 'data_dot' (see
+    ``extra_scores``).
 
     'trace' (-tr(W_out W_in)/d) is the default: on generated networks it pairs right where Park's ratio
     slips (docs/pairing_study.md: N=24 fast regime 100% vs 81%); on the public puzzle both are perfect.
-    Both scores are always computed and reported; ``agree`` says whether the chosen method's assignment
-    coincides with the other diagonal score's ('ratio' for 'trace', else 'trace'). The fallback methods
-    'unitnorm', 'data_norm' and 'data_dot' (see ``extra_scores``) are what solve() tries next when the
-    search cannot make the first pairing exact."""
+    Both diagonal scores are always computed and reported; ``agree`` says whether the chosen method's
+    assignment coincides with the other diagonal score's ('ratio' for 'trace', else 'trace'). The other
+    three are what solve() tries next, in that order, when the search cannot make the first pairing exact."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown pairing method {method!r} (choose one of {', '.join(METHODS)})")

@@ -21,6 +21,7 @@ exception type. Loading needs numpy (and the C++ core for speed), never torch.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,12 @@ class Puzzle:
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path is not None else ""
         return f"Puzzle(N={self.n_blocks}, d={self.d}, h={self.h}, k={self.k}, rows={self.n_rows}{where})"
+
+
+def answer_sha256(answer: List[int]) -> str:
+    """sha256 of ``",".join(str(i) for i in answer)``: the public puzzle's answer check (``Puzzle.answer`` gives
+    the ids in that format)."""
+    return hashlib.sha256(",".join(str(int(i)) for i in answer).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- assembly

@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
 
 
 def block_forward(x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
-    """One residual block, x + out(relu(inp(x)))."""
-    return x + torch.relu(x @ w_in.T + b_in) @ w_out.T + b_out
+    """One residual block, x + out(relu(inp(x))), with torch.nn.Linear's arithmetic (F.linear: addmm on 2-D
+    rows), in the dtype of its inputs. ``solver.forward`` (verification's reference) runs blocks with it."""
+    F = torch.nn.functional
+    return x + F.linear(torch.relu(F.linear(x, w_in, b_in)), w_out, b_out)
 
 
 def final_sse(x: Tensor, W_last: Tensor, b_last: Tensor, target: Tensor) -> float:

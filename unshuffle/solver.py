@@ -1,7 +1,6 @@
 """solve(): pair, order, and prove the answer against the data."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -12,18 +11,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .cancel import DEFAULT_TIME_LIMIT, INTERRUPTED, TIME_LIMIT, Budget, Cancelled, CancelToken
+from .certificate import Certificate, certify
 from . import native as _native
 from ._lazy import torch
 from .ordering import EPS32, OrderResult, order
 from .pairing import PairResult, pair
-from .puzzle import Puzzle, load_puzzle
+from .puzzle import Puzzle, answer_sha256, load_puzzle  # answer_sha256: re-exported
+from .reference import block_forward
 
 log = logging.getLogger("unshuffle")
-
-
-def answer_sha256(permutation: Sequence[int]) -> str:
-    """sha256 of ",".join(ids): the public puzzle's answer check."""
-    return hashlib.sha256(",".join(str(int(i)) for i in permutation).encode()).hexdigest()
 
 
 @dataclass
@@ -34,8 +30,11 @@ class Verification:
     float64 forward| of the same order over ``noise_rows`` rows, i.e. this order's own rounding noise.
     ``tolerance`` = max(8 * fp_noise, 32 * eps32 * max(1, max|pred|)); ``exact`` = max_abs_err <= tolerance.
     The data's pred was itself computed in float32 (other hardware, other summation order), so the right
-    order differs from it by a few rounding noises; a wrong order on any puzzle we have seen is off by orders
-    of magnitude more (public puzzle: right 5e-7, tolerance 6e-6, best wrong order found > 1e-3)."""
+    order differs from it by a few rounding noises (8x: room for a summation order other than ours; the floor:
+    32 float32 ulps of the outputs' scale when the network's own noise is tinier); a wrong order on any puzzle
+    we have seen is off by orders of magnitude more. Public puzzle: right order 2.1e-6 with the core's
+    arithmetic (4.8e-7 with torch's), tolerance 8.2e-6 (the floor), and the nearest single-move neighbour
+    8.4e-2, about 1e4 tolerances (``Solution.certificate``). ``row_err`` (R,): max abs error per row."""
 
     max_abs_err: float
     mse: float
@@ -43,17 +42,19 @@ class Verification:
     tolerance: float
     exact: bool
     noise_rows: int = 0  # rows the noise was measured on (all of them in the reference)
+    row_err: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
 
 def forward(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int], X=None, dtype=None):
     """The assembled network's outputs for the given block order (stack indices), in ``dtype`` (default
-    float32), with torch (torch.nn.Linear arithmetic): the reference for the C++ forwards."""
+    float32), with torch (``reference.block_forward``: torch.nn.Linear arithmetic): the reference for the C++
+    forwards."""
     dtype = torch.float32 if dtype is None else dtype
     x = (puzzle.X if X is None else X).to(dtype)
     for a, b in zip(order_in, order_out):
-        hid = torch.relu(torch.addmm(puzzle.b_in[a].to(dtype), x, puzzle.W_in[a].to(dtype).T))
-        x = x + torch.addmm(puzzle.b_out[b].to(dtype), hid, puzzle.W_out[b].to(dtype).T)
-    return torch.addmm(puzzle.b_last.to(dtype), x, puzzle.W_last.to(dtype).T)
+        x = block_forward(x, puzzle.W_in[a].to(dtype), puzzle.b_in[a].to(dtype), puzzle.W_out[b].to(dtype),
+                          puzzle.b_out[b].to(dtype))
+    return torch.nn.functional.linear(x, puzzle.W_last.to(dtype), puzzle.b_last.to(dtype))
 
 
 def verify_reference(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int]) -> Verification:
@@ -64,7 +65,8 @@ def verify_reference(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequenc
     noise = float((y32.double() - y64).abs().max())
     tol = max(8 * noise, 32 * EPS32 * max(1.0, float(puzzle.pred.abs().max())))
     mae = float(err.max())
-    return Verification(mae, float((err**2).mean()), noise, tol, bool(mae <= tol), puzzle.n_rows)
+    return Verification(mae, float((err**2).mean()), noise, tol, bool(mae <= tol), puzzle.n_rows,
+                        err.amax(dim=1).numpy())
 
 
 NOISE_TOP_ROWS = 32  # the rows where the float32 forward is furthest from pred ...
@@ -99,7 +101,7 @@ def verify(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int]) ->
         noise = float(np.abs(y32[rows].astype(np.float64) - y64).max())
         tol = max(8 * noise, floor)
         if mae <= tol or len(rows) == R:
-            return Verification(mae, mse, noise, tol, bool(mae <= tol), len(rows))
+            return Verification(mae, mse, noise, tol, bool(mae <= tol), len(rows), err.max(axis=1))
         rows = np.arange(R)
 
 
@@ -109,7 +111,9 @@ class Solution:
     (with ``sha256`` None and ``exact`` False) only when the solve was stopped before any order existed.
     ``stopped``: why the search ended (exact, local_optimum, max_rounds, time_limit, interrupted);
     ``budget``: how the time budget was spent (see ``cancel.Budget``); ``verified``: False when the answer was
-    returned without the all-rows check (a second interrupt during the solve)."""
+    returned without the all-rows check (a second interrupt during the solve). ``certificate``: how far the
+    answer's nearest single-move neighbour is from the data (``unshuffle.certificate``); None unless the
+    answer is exact and the certificate was asked for."""
 
     permutation: Optional[List[int]]
     sha256: Optional[str]
@@ -126,6 +130,7 @@ class Solution:
     seed: int
     budget: Dict[str, object] = field(default_factory=dict)
     verified: bool = True
+    certificate: Optional[Certificate] = None
     pair_result: Optional[PairResult] = field(default=None, repr=False)
     order_result: Optional[OrderResult] = field(default=None, repr=False)
 
@@ -188,6 +193,7 @@ def solve(
     pairing_methods: Sequence[str] = ("trace", "ratio", "unitnorm", "data_norm", "data_dot"),
     progress=None,
     on_phase: Optional[Callable[[str], None]] = None,
+    certificate: bool = True,
     **order_kwargs,
 ) -> Solution:
     """Load (if given a path), pair, order and verify. ``exact`` is True only when the answer reproduces
@@ -200,7 +206,11 @@ def solve(
     signal handler stop it. A stop anywhere (cancel, deadline or Ctrl-C) returns the best answer so far,
     verified on every row when one exists (``stopped`` says why; ``budget`` says where the time went and
     which phase was running); ``permutation`` is None if no order existed yet. ``on_phase(name)`` is called
-    as each phase starts (load, pair, order, verify, fallback.<method>)."""
+    as each phase starts (load, pair, order, verify, fallback.<method>, certificate).
+
+    ``certificate``: when the answer is exact, score every single-move neighbour on all rows (see
+    ``unshuffle.certificate``; a fraction of the solve time) and return it as ``Solution.certificate``. It
+    runs under the same token and budget: a stop during it leaves it incomplete and sets ``stopped``."""
     token = CancelToken(time_limit) if token is None else token.limited(time_limit)
     tr = _Tracker(token, on_phase)
     t0 = time.perf_counter()
@@ -267,6 +277,15 @@ def solve(
             tr.timings["verify"] = tr.timings.get("verify", 0.0) + time.perf_counter() - t
         except KeyboardInterrupt:
             verified = False
+    cert = None
+    if certificate and v is not None and verified and v.exact:
+        already = token.reason()  # a token already stopped gives an incomplete certificate at once
+        tr.enter("certificate", check=False)
+        cert = certify(puzzle, o_in, o_out, v.tolerance, row_errors=v.row_err, token=token)
+        tr.leave()
+        if not cert.complete and already is None:
+            stopped = budget.stopped = cert.stopped
+            budget.stopped_in = "certificate"
     total = time.perf_counter() - t0
     timings = dict(tr.timings)
     if orr is not None:
@@ -291,6 +310,7 @@ def solve(
         seed=seed,
         budget=budget.to_dict(),
         verified=verified,
+        certificate=cert,
         pair_result=pr,
         order_result=orr,
     )

@@ -15,7 +15,8 @@ time, by ``unshuffle.solver.solve(puzzle, time_limit=budget)`` and by the baseli
 
 Per cell it reports: exact rate, median and max time to exact (wall seconds of ``solve()`` on the loaded
 puzzle, loading excluded), median final MSE (all rows), pairs right by the first pairing, the certificate's ``min_neighbour_error_ratio`` when ``Solution`` has one, and the
-baseline's exact rate and median MSE. "exact (other)" counts exact answers that are not the generator's
+baseline's exact rate and median MSE; for both, the median distance of the final order from the answer in
+insertion moves (N - longest increasing subsequence of the true positions). "exact (other)" counts exact answers that are not the generator's
 order: another order fits the data equally well (the answer is not unique), which is not a failure.
 
 Outputs (``--out``, default benchmarks/results/, file names from ``--name``): a table on stdout,
@@ -362,10 +363,12 @@ def summarise(records: Sequence[dict]) -> List[dict]:
             "mse_median": _median([x["mse"] for x in u]),
             "pairs_right_first_median": _median(pf), "pairs_right_first_min": min(pf) if pf else None,
             "certificate_ratio_min": min(certs) if certs else None,
+            "insertions_median": _median([x["distance"]["insertions"] for x in u if "distance" in x]),
             "stopped": _counts(x["stopped"] for x in u),
             "baseline_puzzles": len(b), "baseline_exact": sum(x["exact"] for x in b),
             "baseline_exact_rate": _rate(sum(x["exact"] for x in b), len(b)),
             "baseline_mse_median": _median([x["mse"] for x in b]),
+            "baseline_insertions_median": _median([x["distance"]["insertions"] for x in b]),
         })
     out.sort(key=lambda c: (c["blocks"], -c["dim"], c["regime"]))
     return out
@@ -412,7 +415,8 @@ def _fmt(x, spec: str = ".3g", none: str = "-") -> str:
 def format_table(cells: Sequence[dict]) -> str:
     """The per-cell table (markdown, so it can go into NOTES.md as printed)."""
     head = ("| regime | N | d/h | puzzles | exact | exact (other) | t exact med (s) | t exact max (s) | MSE med | "
-            "pairs right (first, med/min) | cert ratio (min) | baseline exact | baseline MSE med |")
+            "pairs right (first, med/min) | insertions to answer (med) | cert ratio (min) | baseline exact | "
+            "baseline MSE med | baseline insertions (med) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         n = c["blocks"]
@@ -421,9 +425,9 @@ def format_table(cells: Sequence[dict]) -> str:
             f"| {c['regime']} | {n} | {c['dim']}/{c['hidden']} | {c['puzzles']}{gen} | {c['exact']}/{c['puzzles']} | "
             f"{c['exact_other']} | {_fmt(c['t_exact_median'], '.3g')} | {_fmt(c['t_exact_max'], '.3g')} | "
             f"{_fmt(c['mse_median'], '.2g')} | {_fmt(c['pairs_right_first_median'], 'g')}/{_fmt(c['pairs_right_first_min'], 'g')} of {n} | "
-            f"{_fmt(c['certificate_ratio_min'], '.3g')} | "
+            f"{_fmt(c['insertions_median'], 'g')} | {_fmt(c['certificate_ratio_min'], '.3g')} | "
             + (f"{c['baseline_exact']}/{c['baseline_puzzles']}" if c["baseline_puzzles"] else "-")
-            + f" | {_fmt(c['baseline_mse_median'], '.2g')} |")
+            + f" | {_fmt(c['baseline_mse_median'], '.2g')} | {_fmt(c['baseline_insertions_median'], 'g')} |")
     return "\n".join(lines)
 
 
@@ -443,6 +447,7 @@ def _n_axis(ax, ns) -> None:
 
     ns = sorted(set(int(n) for n in ns))
     ax.set_xscale("log")
+    ax.set_xlim(ns[0] / 1.2, ns[-1] * 1.2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.xaxis.set_minor_locator(NullLocator())  # log minor ticks would print 3x10^1 etc. beside the depths
     ax.set_xlabel("blocks N")
@@ -462,9 +467,10 @@ def plot_exact_rate(cells: Sequence[dict], path: Path) -> None:
             for wi, w in enumerate(widths):
                 pts = sorted((c["blocks"], c[key]) for c in cells
                              if c["regime"] == r and (c["dim"], c["hidden"]) == w and c[key] is not None)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", color=colors[r], ls="-" if wi == 0 else "--",
-                            label=f"{r} {w[0]}/{w[1]}")
+                if pts:  # markers shrink regime by regime so that equal rates stay visible
+                    i = regimes.index(r)
+                    ax.plot(*zip(*pts), marker="osD^v<>p"[i % 8], ms=max(3.0, 10 - 1.6 * i), color=colors[r],
+                            ls="-" if wi == 0 else "--", lw=max(0.8, 2.4 - 0.35 * i), label=f"{r} {w[0]}/{w[1]}")
         ax.set_title(title)
         _n_axis(ax, [c["blocks"] for c in cells])
         ax.set_ylim(-0.05, 1.05)
@@ -478,9 +484,9 @@ def plot_exact_rate(cells: Sequence[dict], path: Path) -> None:
 
 
 def plot_time(records: Sequence[dict], path: Path) -> Optional[dict]:
-    """Time to exact vs N on log-log axes, every exact solve a point, one colour per regime; the least-squares
-    fits (all regimes, and per regime with two or more depths) as lines with their exponents in the legend.
-    Returns the overall fit."""
+    """Time to exact vs N on log-log axes, every exact solve a point, one colour per regime (grey crosses: solves
+    that did not end exact, at the time they spent); the least-squares fits over exact solves (all regimes, and
+    per regime with two or more depths) as lines with their exponents in the legend. Returns the overall fit."""
     from unshuffle.safeio import atomic_path
 
     plt = _plt()
@@ -497,6 +503,10 @@ def plot_time(records: Sequence[dict], path: Path) -> Optional[dict]:
         if fit:
             ns = np.array(sorted({p[0] for p in pts}), dtype=float)
             ax.plot(ns, fit["coef"] * ns ** fit["exponent"], color=f"C{i}", lw=0.8, alpha=0.7)
+    fails = [(r["spec"]["blocks"], r["unshuffle"]["seconds"]) for r in records
+             if r.get("status") == "done" and not r["unshuffle"]["exact"]]
+    if fails:
+        ax.scatter(*zip(*fails), marker="x", color="0.5", s=22, label="not exact (time spent)")
     if allfit:
         ns = np.array(sorted({p[0] for p in exact_points(records)}), dtype=float)
         ax.plot(ns, allfit["coef"] * ns ** allfit["exponent"], color="k", lw=1.5,
@@ -660,6 +670,7 @@ def main(argv=None) -> int:
             have[rec["key"]] = rec
             print(f"[{i}/{len(todo)}] {_line(rec)}", flush=True)
     meta["seconds"] = time.perf_counter() - t_run
+    meta["report_only"] = bool(args.report_only)
     meta["load_after"] = os.getloadavg()
     records = [have[k] for k in (record_key(s, budget(s), baseline_limit(s), args.solve_seed) for s in specs) if k in have]
     res = write_results(args.out, name, meta, records, plots=not args.no_plots)

@@ -12,6 +12,7 @@ import numpy as np
 
 ADJACENT, SWAP, INSERT, REPAIR, KICK = 0, 1, 2, 3, 4
 KIND_NAMES = {ADJACENT: "adjacent", SWAP: "swap", INSERT: "insert", REPAIR: "repair", KICK: "kick"}
+KIND_CODES = {v: k for k, v in KIND_NAMES.items()}  # name -> code (benchmarks, GPU search tests)
 
 MASK64 = (1 << 64) - 1
 

@@ -15,6 +15,10 @@ namespace unshuffle {
 
 namespace {
 constexpr int64_t kProbeTile = 64;  // rows per float Gram tile (then added into the double normal equations)
+// A feature whose variance not explained by the earlier ones is below this fraction of its own is dropped:
+// float32 Gram tiles resolve ~1e-6, and near-collinear squares (a collapsed stream) add nothing to the fit.
+// The whitened linear features are orthonormal, so this only ever drops squares.
+constexpr double kProbePivot = 1e-5;
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 }  // namespace
 
@@ -41,13 +45,14 @@ Probe::Probe(int64_t d, int64_t k, int features, double ridge)
 
 
 
-void Probe::row_features(const float* z, float* f) const {
+void Probe::row_features(const float* z, const float* u, float* f) const {
   for (int64_t j = 0; j < d_; ++j) f[j] = z[j];
-  // The squares saturate at 8 standard deviations: a few exploding rows (a badly ordered stream can reach
-  // 1e4 times its typical size) would otherwise dominate the float32 Gram; the linear part stays exact, so a
-  // target that is linear in x is still read exactly.
+  // Squares of the standardised coordinates (not of the whitened ones: which quadratic functions the probe
+  // can use matters for the search, and the coordinates' own squares are what it was tuned with). They
+  // saturate at 8 standard deviations: a few exploding rows (a badly ordered stream can reach 1e4 times its
+  // typical size) would otherwise dominate the float32 Gram.
   if (features_ == kProbeQuadratic)
-    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = std::min(f[j] * f[j], 64.f);
+    for (int64_t j = 0; j < d_; ++j) f[d_ + j] = std::min(u[j] * u[j], 64.f);
   f[nf_ - 1] = 1.f;
 }
 
@@ -156,7 +161,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
     const int64_t nr = std::min<int64_t>(kProbeTile, R - r0);
     std::fill(F, F + kProbeTile * Np, 0.f);
     for (int64_t r = 0; r < nr; ++r) {
-      row_features(x + (r0 + r) * zstride_, F + r * Np);
+      row_features(x + (r0 + r) * zstride_, XS_.data() + (r0 + r) * zstride_, F + r * Np);
       for (int64_t o = 0; o < k; ++o) F[r * Np + nf + o] = target[(r0 + r) * k + o];
     }
     std::fill(FT, FT + Mp * kProbeTile, 0.f);
@@ -181,7 +186,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
     double* Lj = G + j * na;
     double diag = Lj[j] + ridge_;
     for (int64_t p = 0; p < j; ++p) diag -= Lj[p] * Lj[p];
-    dropped_[j] = !(scale_[j] > 0.0 && diag > 1e-12);
+    dropped_[j] = !(scale_[j] > 0.0 && diag > kProbePivot);
     if (dropped_[j]) {
       for (int64_t p = 0; p < j; ++p) Lj[p] = 0.0;
       Lj[j] = 1.0;
@@ -225,7 +230,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
   for (int pass = 0; pass < 2; ++pass) {
     s = 0.0;
     for (int64_t r = 0; r < R; ++r) {
-      row_features(x + r * zstride_, f);
+      row_features(x + r * zstride_, XS_.data() + r * zstride_, f);
       for (int64_t o = 0; o < k; ++o) {
         double p = 0.0;
         for (int64_t i = 0; i < nf; ++i) p += static_cast<double>(f[i]) * C_[i * k + o];

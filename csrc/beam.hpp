@@ -17,9 +17,9 @@ enum ProbeFeatures : int { kProbeLinear = 0, kProbeQuadratic = 1 };
 
 // Sum of squared errors of the least-squares fit target ~ features(x) C, over R rows and k outputs.
 // x is first whitened (columns standardised, z = L^-1 xs with corr = L L^T; a column whose remaining
-// variance is below 1e-10 is dropped as collinear) and the features are [z, min(z*z, 64), 1] (quadratic) or [z, 1] (linear): z spans x,
+// variance is below 1e-10 is dropped as collinear) and the features are [z, min(u*u, 64), 1] (quadratic) or [z, 1] (linear): z spans x,
 // so a target linear in x is read exactly, and the normal equations stay well conditioned when a stream
-// grows large or collapses onto a few directions. The normal equations are accumulated in float per tile of rows and in double across tiles, solved in double
+// grows large or collapses onto a few directions. The squares are those of the standardised coordinates u. The normal equations are accumulated in float per tile of rows and in double across tiles, solved in double
 // after scaling by the diagonal (a tiny relative ridge; exactly dependent features are dropped), and the SSE
 // is measured by a second pass over the rows: the residual is stationary in C, so errors in C enter only to
 // second order. Deterministic: the same inputs give the same bits on every thread.
@@ -30,7 +30,7 @@ class Probe {
   double sse(const float* x, int64_t R, const float* target);
 
  private:
-  void row_features(const float* x, float* f) const;
+  void row_features(const float* z, const float* u, float* f) const;
   int64_t d_, k_, nf_, na_, Np_, Mp_;  // na_ = nf_ + k_ columns: features then targets
   int features_;
   double ridge_;

@@ -27,18 +27,21 @@ FEATURES = ("quadratic", "linear")
 
 
 # ------------------------------------------------------------------------------------------- reference
+PIVOT = 1e-5  # features explaining less than this fraction of their own variance beyond earlier ones: dropped
+
+
 def probe_features(x: np.ndarray, features: str = "quadratic") -> np.ndarray:
-    """Readout features of rows x (R, d), float64: [z, min(z*z, 64), 1] (quadratic) or [z, 1] (linear), with
-    z = x whitened column by column in the given order: columns standardised, then z = L^-1 xs for the
-    Cholesky factor of their correlation matrix (z_j = the part of column j not explained by the earlier ones,
-    at unit variance; a column whose remaining variance is below 1e-10 is dropped as collinear). z spans x, so a
+    """Readout features of rows x (R, d), float64: [z, min(u*u, 64), 1] (quadratic) or [z, 1] (linear).
+    u = the columns of x standardised; z = u whitened column by column in the given order (z = L^-1 u for the
+    Cholesky factor of u's correlation matrix: z_j is the part of u_j not explained by the earlier columns, at
+    unit variance; a column whose remaining variance is below 1e-10 is dropped as collinear). z spans x, so a
     target linear in x is read exactly; the squares saturate at 8 standard deviations so that a few exploding
     rows cannot dominate."""
     x = np.asarray(x, dtype=np.float64)
     R, d = x.shape
     sd = x.std(axis=0)
-    xs = np.where(sd > 0, (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
-    corr = xs.T @ xs / R
+    u = np.where(sd > 0, (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
+    corr = u.T @ u / R
     L = np.zeros((d, d))
     keep = np.zeros(d, bool)
     for j in range(d):  # Cholesky with dropping, as the core does
@@ -50,17 +53,30 @@ def probe_features(x: np.ndarray, features: str = "quadratic") -> np.ndarray:
         L[j + 1:, j] = (corr[j + 1:, j] - L[j + 1:, :j] @ L[j, :j]) / L[j, j]
     z = np.zeros((R, d))
     if keep.any():
-        z[:, keep] = np.linalg.solve(L[np.ix_(keep, keep)], xs[:, keep].T).T
-    cols = [z, np.minimum(z * z, 64.0)] if features == "quadratic" else [z]
+        z[:, keep] = np.linalg.solve(L[np.ix_(keep, keep)], u[:, keep].T).T
+    cols = [z, np.minimum(u * u, 64.0)] if features == "quadratic" else [z]
     return np.hstack(cols + [np.ones((R, 1))])
 
 
 def probe_sse_reference(x: np.ndarray, target: np.ndarray, features: str = "quadratic") -> float:
-    """Sum of squared errors of the least-squares fit target ~ probe_features(x) C (numpy lstsq, float64)."""
+    """Sum of squared errors of the least-squares fit target ~ probe_features(x) C (numpy, float64), over the
+    features the core keeps: in column order, one whose variance not explained by the earlier kept ones is below
+    PIVOT of its own is dropped (near-collinear squares of a collapsed stream add nothing but rounding noise)."""
     A = probe_features(x, features)
     T = np.asarray(target, dtype=np.float64)
-    C, *_ = np.linalg.lstsq(A, T, rcond=None)
-    return float(((T - A @ C) ** 2).sum())
+    norms = np.sqrt((A * A).sum(axis=0))
+    kept: List[int] = []
+    for j in range(A.shape[1]):
+        if norms[j] == 0:
+            continue
+        a = A[:, j] / norms[j]
+        if kept:
+            Q, _ = np.linalg.qr(A[:, kept] / norms[kept])
+            a = a - Q @ (Q.T @ a)
+        if float(a @ a) > PIVOT:
+            kept.append(j)
+    C, *_ = np.linalg.lstsq(A[:, kept], T, rcond=None)
+    return float(((T - A[:, kept] @ C) ** 2).sum())
 
 
 def _block(x, W_in, b_in, W_out, b_out, a, b):

@@ -265,7 +265,67 @@ namespace {
 struct State {
   std::vector<int64_t> oin, oout;
   std::vector<char> used_in, used_out;
-  std::vector<float> x;  // (R, d) activations after the prefix
+  std::vector<int64_t> match_in, match_out;  // a perfect matching of the unused pieces over allowed pairs
+  std::vector<float> x;                       // (R, d) activations after the prefix
+};
+
+// Pairing feasibility (joint pairing, m > 1): a prefix is kept only if its unused in and out pieces can
+// still all be paired through allowed pairs. Each state carries one such matching.
+class Matcher {
+ public:
+  Matcher(const int64_t* allowed, int64_t m, int64_t Ni, int64_t No) : al_(allowed), m_(m), Ni_(Ni), No_(No) {}
+
+  // Kuhn's augmenting paths: a perfect matching of st's unused in pieces, or false.
+  bool match(State& st) const {
+    st.match_in.assign(static_cast<std::size_t>(Ni_), -1);
+    st.match_out.assign(static_cast<std::size_t>(No_), -1);
+    for (int64_t a = 0; a < Ni_; ++a) {
+      if (st.used_in[a]) continue;
+      std::vector<char> seen(static_cast<std::size_t>(No_), 0);
+      if (!augment(st, a, -1, -1, seen)) return false;
+    }
+    return true;
+  }
+
+  // Whether st minus (a, b) still has a perfect matching: from st's matching, one augmenting path from the
+  // in piece that held b to the out piece a held, avoiding a and b.
+  bool feasible(const State& st, int64_t a, int64_t b) const {
+    const int64_t b2 = st.match_in[a];
+    if (b2 == b) return true;
+    const int64_t a2 = st.match_out[b];
+    // BFS over in pieces: from a2, through allowed out pieces, to b2
+    std::vector<char> seen(static_cast<std::size_t>(No_), 0);
+    std::vector<int64_t> queue{a2};
+    for (std::size_t q = 0; q < queue.size(); ++q) {
+      const int64_t u = queue[q];
+      for (int64_t j = 0; j < m_; ++j) {
+        const int64_t o = al_[u * m_ + j];
+        if (o < 0 || o == b || st.used_out[o] || seen[o]) continue;
+        if (o == b2) return true;
+        seen[o] = 1;
+        const int64_t v = st.match_out[o];
+        if (v >= 0 && v != a) queue.push_back(v);
+      }
+    }
+    return false;
+  }
+
+ private:
+  bool augment(State& st, int64_t a, int64_t skip_a, int64_t skip_b, std::vector<char>& seen) const {
+    for (int64_t j = 0; j < m_; ++j) {
+      const int64_t o = al_[a * m_ + j];
+      if (o < 0 || o == skip_b || st.used_out[o] || seen[o]) continue;
+      seen[o] = 1;
+      const int64_t v = st.match_out[o];
+      if (v < 0 || (v != skip_a && augment(st, v, skip_a, skip_b, seen))) {
+        st.match_in[a] = o, st.match_out[o] = a;
+        return true;
+      }
+    }
+    return false;
+  }
+  const int64_t* al_;
+  int64_t m_, Ni_, No_;
 };
 
 struct Cand {
@@ -303,6 +363,12 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
       ap.apply(prefix_in[p], prefix_out[p], root.x.data(), root.x.data(), R);
     }
   }
+  const Matcher matcher(allowed, m, N, net.No);
+  const bool joint = m > 1;
+  if (joint && !matcher.match(root)) {  // the allowed pairs cannot pair every piece: nothing to search
+    res.stopped = "done";
+    return res;
+  }
   std::vector<State> states;
   states.push_back(std::move(root));
   const int nt = threads_for(P.n_threads);
@@ -316,7 +382,8 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
         if (states[s].used_in[a]) continue;
         for (int64_t j = 0; j < m; ++j) {
           const int64_t b = allowed[a * m + j];
-          if (b >= 0 && !states[s].used_out[b]) cands.push_back({s, a, b});
+          if (b >= 0 && !states[s].used_out[b] && (!joint || matcher.feasible(states[s], a, b)))
+            cands.push_back({s, a, b});
         }
       }
     const int64_t K = static_cast<int64_t>(cands.size());
@@ -340,9 +407,10 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
       }
     }
     res.candidates += K;
-    if (halted.load()) {
+    if (halted.load()) {  // a stop returns no orders (and no losses: n_final is 0)
       const char* why = stop.reason();
       res.stopped = why ? why : "interrupted";
+      res.losses.clear();
       return res;
     }
     idx.resize(static_cast<std::size_t>(K));
@@ -364,6 +432,7 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
       st.oin = par.oin, st.oout = par.oout, st.used_in = par.used_in, st.used_out = par.used_out;
       st.oin.push_back(c.a), st.oout.push_back(c.b);
       st.used_in[c.a] = 1, st.used_out[c.b] = 1;
+      if (joint) matcher.match(st);  // feasible by the check above, so a perfect matching exists
       st.x.resize(static_cast<std::size_t>(R * d));
       ap.apply(c.a, c.b, par.x.data(), st.x.data(), R);
     }

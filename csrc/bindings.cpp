@@ -148,6 +148,9 @@ std::vector<int> parse_kinds(const std::string& fn, const char* arg, py::handle 
 template <class T>
 py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
   py::array_t<T> a(shape);
+  if (static_cast<py::ssize_t>(v.size()) != a.size())  // a core result of the wrong size must never overrun
+    throw std::logic_error("internal error: result of " + std::to_string(v.size()) + " values for an array of " +
+                           std::to_string(a.size()));
   if (!v.empty()) std::copy(v.begin(), v.end(), a.mutable_data());
   return a;
 }

@@ -116,6 +116,31 @@ def test_path_search_matches_reference(seed):
                                atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
 
 
+def test_joint_pairing_keeps_every_piece_pairable():
+    """Two allowed out pieces per in piece, arranged so that greedy choices can strand a piece: every final
+    order still pairs all pieces, and the core agrees with the reference."""
+    X, target, w, ti, to = net(11, N=6)
+    true_out = dict(zip(ti, to))
+    allowed = np.asarray([[true_out[a], true_out[(a + 1) % 6]] for a in range(6)], np.int64)  # a cycle
+    out = bm.probe_beam(X, target, w, allowed, width=4)
+    ri, ro, rl = bm.probe_beam_reference(X, target, *w, allowed, width=4)
+    assert len(out.orders) == 4 and [o[0] for o in out.orders] == ri and [o[1] for o in out.orders] == ro
+    for oi, oo in out.orders:
+        assert sorted(oo) == list(range(6))
+
+
+def test_beam_stopped_midway_returns_nothing_and_stays_sound():
+    """Regression: a beam stopped after some depths returned the kept losses with no orders, and the binding
+    copied them into an empty array (heap corruption). Limits spread so that some land mid-run; every outcome
+    is valid, and later calls still work."""
+    X, target, w, ti, to = net(12, N=12, R=600)
+    allowed = bm.allowed_table([int(b) for _, b in sorted(zip(ti, to))])
+    for limit in (1e-4, 1e-3, 3e-3, 1e-2, 3e-2):
+        out = bm.probe_beam(X, target, w, allowed, width=8, token=CancelToken(limit))
+        assert (out.stopped == "done" and len(out.orders) == 8) or (out.orders == [] and out.losses == [])
+    assert bm.probe_beam(X, target, w, allowed, width=8).stopped == "done"
+
+
 def test_path_search_first_keeps_the_prefix():
     X, target, w, ti, to = net(9, N=7)
     oi, oo = list(reversed(ti)), list(reversed(to))

@@ -85,11 +85,30 @@ def _block(x, W_in, b_in, W_out, b_out, a, b):
     return (x + (h @ W_out[b].T + b_out[b])).astype(np.float32)
 
 
+def _pairable(allowed, used_in, used_out) -> bool:
+    """Whether every unused in piece can get its own unused allowed out piece (Kuhn's augmenting paths)."""
+    match = {}
+
+    def aug(a, seen):
+        for o in allowed[a]:
+            o = int(o)
+            if o < 0 or o in used_out or o in seen:
+                continue
+            seen.add(o)
+            if o not in match or aug(match[o], seen):
+                match[o] = a
+                return True
+        return False
+
+    return all(aug(a, set()) for a in range(len(allowed)) if a not in used_in)
+
+
 def probe_beam_reference(X, target, W_in, b_in, W_out, b_out, allowed, width: int = 16,
                          features: str = "quadratic", prefix=None):
     """The probe beam in plain numpy (float64 lstsq probes): same candidate enumeration (state, then in piece,
-    then allowed column) and tie rule (lower candidate index) as the core. Returns (orders_in, orders_out,
-    losses) of the final states, best first."""
+    then allowed column), tie rule (lower candidate index) and, with more than one allowed column, the same
+    rule that a candidate must leave the unused pieces pairable. Returns (orders_in, orders_out, losses) of
+    the final states, best first."""
     X = np.asarray(X, np.float32)
     target = np.asarray(target, np.float32)
     N = W_in.shape[0]
@@ -109,7 +128,8 @@ def probe_beam_reference(X, target, W_in, b_in, W_out, b_out, allowed, width: in
                 if a in si:
                     continue
                 for b in allowed[a]:
-                    if b >= 0 and b not in so:
+                    if b >= 0 and b not in so and (allowed.shape[1] == 1 or
+                                                   _pairable(allowed, set(si) | {a}, set(so) | {int(b)})):
                         y = _block(xs, W_in, b_in, W_out, b_out, a, int(b))
                         cands.append((probe_sse_reference(y, target, features) / nvals, len(cands), s, a, int(b), y))
         cands.sort(key=lambda c: (c[0], c[1]))

@@ -194,6 +194,9 @@ def order(
     progress=None,
     token: Optional[CancelToken] = None,
     on_best=None,
+    strategy: str = "auto",
+    probe_rows: int = 2000,
+    beam_width: int = 16,
 ) -> OrderResult:
     """Find the execution order of the paired blocks.
 
@@ -211,7 +214,13 @@ def order(
     search with the best order so far and ``stopped`` 'interrupted' / 'time_limit' (also when a later
     restart, not the best one, was the one stopped). ``time_limit`` adds a deadline of its own. A stop
     before any order exists raises ``Cancelled``. ``on_best(order_in, order_out)`` is called whenever a
-    better order is known (best seed, then each restart's result), so a caller can report it if stopped."""
+    better order is known (best seed, then each restart's result), so a caller can report it if stopped.
+
+    ``strategy`` (docs/ORDERING.md): "search" is the output-loss local search from the seeds above; "probe"
+    builds orders with the probe beam (``beam_width`` prefixes, ``probe_rows`` rows) and repairs them with the
+    path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
+    show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
+    then wider beams while time is left. The probe stages need the C++ core."""
     timings: Dict[str, float] = {}
     if token is None:
         token = CancelToken(time_limit)
@@ -282,42 +291,137 @@ def order(
     t = time.perf_counter()
     schedule = DEFAULT_SCHEDULE if repair else DEFAULT_SCHEDULE[:2]
     stop = nvals * search_threshold(target) ** 2
-    # Portfolio: search from the best seed; if that ends at a local optimum, restart from the next distinct one.
-    best, start, tried, runs = None, None, set(), []
-    rounds = scored = block_rows = 0
-    stopped_by = None  # a cancel or deadline in any restart ends the whole search with that reason
-    for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
-        o_in = cands[name]
-        if tuple(o_in) in tried:
-            continue
-        tried.add(tuple(o_in))
-        kw = dict(schedule=schedule, stop_loss=stop, max_rounds=max_rounds, kicks=kicks, seed=seed,
-                  progress=progress, multi=multi, token=token)
-        o_out = [out_of[a] for a in o_in]
-        log.info("search start from %s", name)
-        if fast:  # the whole round loop in C++ (same trajectory, no Python per round)
-            res = local_search_native(X, target, *weights, o_in, o_out, **kw)
-        elif scorer.name == "triton" and native:  # the whole round loop on the device (unshuffle.gpu_search)
-            from .gpu_search import device_local_search
+    stats = dict(rounds=0, scored=0, block_rows=0)
+    runs: List[tuple] = []
+    state = dict(best=None, start=None, stopped_by=None)  # best SearchOutcome so far (by search-rows loss)
 
-            kw.pop("token")
-            res = device_local_search(scorer, X, target, *weights, o_in, o_out, time_limit=token.remaining(),
-                                      should_stop=lambda: token.reason() is not None, **kw)
-        else:
-            res = local_search(scorer, X, target, *weights, o_in, o_out, **kw)
-        rounds, scored, block_rows = rounds + res.rounds, scored + res.candidates_scored, block_rows + res.block_rows
+    def consider(res, name):
+        stats["rounds"] += res.rounds
+        stats["scored"] += res.candidates_scored
+        stats["block_rows"] += res.block_rows
         runs.append((name, res.loss / nvals, res.stopped, res.rounds))
-        if best is None or res.loss < best.loss:
-            best, start = res, name
+        if state["best"] is None or res.loss < state["best"].loss:
+            state["best"], state["start"] = res, name
             if on_best is not None:
                 on_best(list(res.order_in), list(res.order_out))
         if res.stopped in (TIME_LIMIT, INTERRUPTED):
-            stopped_by = res.stopped
-        if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+            state["stopped_by"] = res.stopped
+
+    def local(o_in, o_out, tok, **over):
+        """The output-loss local search (C++, device or Python loop) from one order, under ``tok``."""
+        kw = dict(schedule=schedule, stop_loss=stop, max_rounds=max_rounds, kicks=kicks, seed=seed,
+                  progress=progress, multi=multi, token=tok)
+        kw.update(over)
+        if fast:  # the whole round loop in C++ (same trajectory, no Python per round)
+            return local_search_native(X, target, *weights, list(o_in), list(o_out), **kw)
+        if scorer.name == "triton" and native:  # the whole round loop on the device (unshuffle.gpu_search)
+            from .gpu_search import device_local_search
+
+            kw.pop("token")
+            return device_local_search(scorer, X, target, *weights, list(o_in), list(o_out),
+                                       time_limit=tok.remaining(), should_stop=lambda: tok.reason() is not None, **kw)
+        return local_search(scorer, X, target, *weights, list(o_in), list(o_out), **kw)
+
+    def exact():
+        return state["best"] is not None and state["best"].stopped == "exact"
+
+    def search_stage(tok):
+        """Portfolio: search from the best seed; at a local optimum, restart from the next distinct one."""
+        tried = set()
+        for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
+            o_in = cands[name]
+            if tuple(o_in) in tried:
+                continue
+            tried.add(tuple(o_in))
+            log.info("search start from %s", name)
+            res = local(o_in, [out_of[a] for a in o_in], tok)
+            consider(res, name)
+            if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+                return
+
+    def probe_stage(tok, width):
+        """Probe beam -> path search over a growing suffix -> output-loss polish (docs/ORDERING.md)."""
+        from . import beam as bm
+
+        if not _native.available():
+            return
+        a = puzzle.arrays
+        pidx = np.arange(puzzle.n_rows) if puzzle.n_rows <= probe_rows else _native.search_rows(
+            puzzle.n_rows, probe_rows, seed + 1)
+        PX, PT = a.X[pidx], a.pred[pidx]
+        pw = (a.W_in, a.b_in, a.W_out, a.b_out)
+        confident = bool(getattr(pairing, "confident", True))
+        allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=0 if confident else 2)
+        kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT) + (() if confident else (mv.REPAIR,))
+        log.info("probe beam, width %d, %d rows%s", width, len(pidx), "" if confident else ", joint pairing")
+        if progress is not None:
+            progress(-1, f"probe beam (width {width})", 0.0)
+        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok)
+        stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+        if not beam.orders:
+            return
+        cp = beam.common_prefix()
+        polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 8))
+        for rank, (o_in, o_out) in enumerate(beam.orders[:2]):
+            res = local(o_in, o_out, tok, **polish)
+            consider(res, f"beam{width}#{rank}")
+            if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+                return
+            for first in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True):
+                if tok.reason() is not None:
+                    return
+                log.info("path search from depth %d", first)
+                path = bm.path_search(PX, PT, pw, o_in, o_out, kinds=kinds, first=first, token=tok)
+                stats["probes"] = stats.get("probes", 0) + path.probes
+                if (path.order_in, path.order_out) == (list(o_in), list(o_out)):
+                    continue
+                res = local(path.order_in, path.order_out, tok, **polish)
+                consider(res, f"beam{width}#{rank}+path{first}")
+                if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+                    return
+                o_in, o_out = path.order_in, path.order_out
+
+    explosive = float(np.median(list(seed_mse.values()))) > 10 * var
+    easy = min(seed_mse.values()) <= insertion_trigger * var
+    probe_ok = _native.available()
+    if strategy == "search" or not probe_ok:
+        plan = ["search"]
+    elif strategy == "probe":
+        plan = ["probe", "probe+", "probe++"]
+    elif easy or not explosive:  # the output loss guides the search: it first, then the probe stages
+        plan = ["search", "probe", "probe+", "probe++"]
+    else:  # the output loss explodes away from the answer: probe stages first, the search as a last resort
+        plan = ["probe", "probe+", "search", "probe++"]
+    widths = {"probe": beam_width, "probe+": 4 * beam_width, "probe++": 16 * beam_width}
+    stage_times: Dict[str, float] = {}
+    for i, stage in enumerate(plan):
+        if exact() or token.reason() is not None:
             break
-    res = best
+        left = token.remaining()
+        # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end)
+        tok = token if left is None else token.limited(left / (len(plan) - i))
+        t0 = time.perf_counter()
+        if stage == "search":
+            search_stage(tok)
+        else:
+            probe_stage(tok, widths[stage])
+        stage_times[stage] = stage_times.get(stage, 0.0) + time.perf_counter() - t0
+        if state["stopped_by"] == TIME_LIMIT and token.reason() is None:
+            state["stopped_by"] = None  # a stage's own share ran out: the next stage goes on
+    res, start, stopped_by = state["best"], state["start"], state["stopped_by"]
+    if res is None:  # stopped before any search ran: the best seed stands
+        b = min(seed_mse, key=seed_mse.get)
+        o_in = cands[b]
+        res = local(o_in, [out_of[a] for a in o_in], token, max_rounds=0)
+        start = b
+    if token.reason() is not None and res.stopped != "exact":
+        stopped_by = token.reason()
     stopped = res.stopped if res.stopped == "exact" or stopped_by is None else stopped_by
+    if stopped == TIME_LIMIT and res.stopped != TIME_LIMIT and token.reason() is None:
+        stopped = res.stopped
+    rounds, scored, block_rows = stats["rounds"], stats["scored"], stats["block_rows"]
     timings["search"] = time.perf_counter() - t
+    timings.update({f"stage.{k}": v for k, v in stage_times.items()})
     return OrderResult(
         order=res.order_in,
         order_out=res.order_out,

@@ -226,6 +226,11 @@ def run_unshuffle(puzzle, answer: Sequence[int], budget: float, seed: int = 0, b
         ti, to = true_order(puzzle, answer)
         oi, oo = true_order(puzzle, sol.permutation)
         rec["distance"] = distances(oi, oo, ti, to)
+        # the solver's own estimate of wrong positions beside the true count (calibrates the anytime diagnosis)
+        rec["wrong_positions"] = sum(1 for p in range(len(ti)) if (oi[p], oo[p]) != (ti[p], to[p]))
+        o = getattr(sol, "order_result", None)
+        rec["estimated_wrong"] = None if o is None else o.estimated_wrong
+        rec["runs"] = None if o is None else [list(r) for r in o.runs]
     return rec
 
 

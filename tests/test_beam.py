@@ -175,3 +175,22 @@ def test_validation_errors_name_the_argument():
         _core.probe_sse(X, target, "cubic")
     with pytest.raises(ValueError, match="first must be >= 0"):
         _core.path_search(X, target, *w, np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64), first=-1)
+
+
+def test_estimate_wrong_compares_with_another_family():
+    """The anytime diagnosis counts positions where the best order differs from the best run of another
+    lineage; runs polished from the same beam do not count as independent."""
+    from types import SimpleNamespace
+
+    from unshuffle.ordering import estimate_wrong
+
+    best = SimpleNamespace(order_in=[0, 1, 2, 3], order_out=[0, 1, 2, 3])
+    results = [
+        (1.0, "beam16#0", [0, 1, 2, 3], [0, 1, 2, 3]),
+        (1.5, "beam16#1+path0", [0, 1, 2, 3], [0, 1, 2, 3]),  # same family: ignored
+        (3.0, "greedy", [1, 0, 2, 3], [1, 0, 2, 3]),  # 2 positions differ
+        (2.0, "norm", [0, 1, 2, 3], [0, 1, 3, 2]),  # re-paired last two: 2 positions differ, lower loss wins
+    ]
+    assert estimate_wrong(results, "beam16#0", best) == (2, "norm")
+    assert estimate_wrong(results[:2], "beam16#0", best) == (None, None)
+    assert estimate_wrong(results[:3], "beam16#0", best) == (2, "greedy")

@@ -100,10 +100,14 @@ def test_info_lists_backends(capsys):
 
 def test_progress_callback_handles_both_loops(capsys):
     from unshuffle.cli import _progress
+    from unshuffle.ordering import BEST
 
     update, bar = _progress(True)
     update(3, "adjacent", 1.5e-3)  # Python loop: one move
     update(-1, "native", 2.0)  # C++ loop: elapsed seconds while it runs
+    update(BEST, "greedy", 0.25)  # a run finished with a better order
+    update(BEST, "beam16#0", 0.5)  # a worse one does not replace the best so far
     bar.close()
-    assert "C++ search running" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "native running" in err and "best mse 0.25" in err and "best mse 0.5" not in err
     assert _progress(False) == (None, None)

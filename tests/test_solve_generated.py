@@ -53,11 +53,13 @@ def test_same_seed_same_answer_and_history(tmp_path):
 
 def test_signal_free_network_solved_by_the_data(tmp_path):
     """'brief' training leaves no weight signal (every pairing method gets at most 2 of 8 pairs right); the
-    search's re-pairing moves and the fallback pairings still reach the exact answer."""
+    searches' re-pairing moves (output-loss search or path search) and the fallback pairings still reach the
+    exact answer."""
     g = make_puzzle(tmp_path, blocks=8, dim=24, hidden=40, rows=1000, seed=1, regime="brief")
     pz = load_puzzle(tmp_path)
     true_pairs = {(g.answer[2 * j], g.answer[2 * j + 1]) for j in range(8)}
     assert len(true_pairs & set(pair(pz).pairs)) <= 4  # the weight signal really is weak here
     s = solve(pz, seed=0, time_limit=300)
     assert s.exact and s.sha256 == g.sha256
-    assert s.order_result.moves_used.get("repair", 0) > 0
+    # the answer did not come from the first pairing as it stood: a search re-paired, or a fallback pairing won
+    assert s.order_result.repaired or s.pair_result.method != pair(pz).method

@@ -37,11 +37,20 @@ def _progress(enabled: bool):
         return None, None
     from tqdm import tqdm
 
+    from .ordering import BEST
+
     bar = tqdm(total=None, desc="search", unit="move", file=sys.stderr, leave=False)
 
+    best = [float("inf")]
+
     def update(round_no: int, move: str, loss: float):
-        if round_no < 0:  # the C++ loop reports only elapsed time while it runs
-            bar.set_postfix_str(f"C++ search running, {loss:.1f}s")
+        if round_no == BEST:  # a run finished with a better order: the best mse so far (anytime)
+            best[0] = min(best[0], loss)
+            bar.set_description(f"search (best mse {best[0]:.3g})")
+            bar.refresh()
+            return
+        if round_no < 0:  # the C++ loops report only a label and the elapsed time while they run
+            bar.set_postfix_str(f"{move} running, {loss:.1f}s")
             bar.refresh()
             return
         bar.set_postfix_str(f"round {round_no} {move} sse {loss:.3e}")
@@ -69,6 +78,11 @@ def _human(sol, puzzle) -> str:
         f"seeds (mse): " + ", ".join(f"{k} {v:.3g}" for k, v in o.seed_mse.items()),
         f"search     : start {o.start}, {o.rounds} rounds, moves {o.moves_used or '{}'}, stopped: {sol.stopped}, backend {sol.backend}",
         f"verify     : max abs err {sol.max_abs_err:.3g} (tolerance {sol.tolerance:.3g}), mse {sol.mse:.3g}",
+    ] + ([] if sol.exact else [
+        f"how close  : mse {sol.mse:.3g}; " + (
+            f"about {o.estimated_wrong} of {puzzle.n_blocks} positions estimated wrong (differ from {o.runner_up})"
+            if o.estimated_wrong is not None else "wrong positions not estimated (no independent second run)"),
+    ]) + [
         f"certificate: " + (sol.certificate.summary() if sol.certificate is not None else
                             "not computed (--no-certificate)" if sol.exact else "none (the answer is not exact)"),
         f"time       : " + ", ".join(f"{k} {v:.2f}s" for k, v in sol.timings.items() if "." not in k),

@@ -24,6 +24,9 @@ from .reference import final_sse
 from .search import DEFAULT_SCHEDULE, local_search, local_search_native
 
 EPS32 = float(np.finfo(np.float32).eps)
+# progress(BEST, run name, mse): a run found a new best order (mse on the search rows); the searches themselves
+# report progress(round, move, sse) per round and progress(-1, label, seconds) while the C++ loop runs
+BEST = -2
 
 log = logging.getLogger("unshuffle")
 
@@ -51,6 +54,11 @@ class OrderResult:
     timings: Dict[str, float] = field(default_factory=dict)
     seed_orders: Dict[str, List[int]] = field(default_factory=dict)
     runs: List[tuple] = field(default_factory=list)  # (start seed, final mse, stopped, rounds) per restart
+    # anytime diagnosis (None when exact, or when no second, independent result exists): the number of
+    # positions whose block differs from the best result of another stage/start, as an estimate of how many
+    # positions are wrong (docs/ORDERING.md "How close did it get")
+    estimated_wrong: Optional[int] = None
+    runner_up: Optional[str] = None  # the run it was compared with
 
     @property
     def moves_used(self) -> Dict[str, int]:
@@ -294,16 +302,27 @@ def order(
     stats = dict(rounds=0, scored=0, block_rows=0)
     runs: List[tuple] = []
     state = dict(best=None, start=None, stopped_by=None)  # best SearchOutcome so far (by search-rows loss)
+    results: List[tuple] = []  # (loss, name, order_in, order_out) of every run, for the anytime diagnosis
 
     def consider(res, name):
+        # The search rows' stop test is 32 float32 ulps per value; a chaotic network's own rounding noise can
+        # exceed that while the order is right, so a small loss is settled by the all-rows verification.
+        if res.stopped != "exact" and res.loss <= 1e6 * stop:
+            from .solver import verify  # (solver imports this module)
+
+            if verify(puzzle, res.order_in, res.order_out).exact:
+                res.stopped = "exact"
         stats["rounds"] += res.rounds
         stats["scored"] += res.candidates_scored
         stats["block_rows"] += res.block_rows
         runs.append((name, res.loss / nvals, res.stopped, res.rounds))
+        results.append((res.loss, name, list(res.order_in), list(res.order_out)))
         if state["best"] is None or res.loss < state["best"].loss:
             state["best"], state["start"] = res, name
             if on_best is not None:
                 on_best(list(res.order_in), list(res.order_out))
+            if progress is not None:
+                progress(BEST, name, res.loss / nvals)
         if res.stopped in (TIME_LIMIT, INTERRUPTED):
             state["stopped_by"] = res.stopped
 
@@ -339,7 +358,7 @@ def order(
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
 
-    def probe_stage(tok, width):
+    def probe_stage(tok, width, joint):
         """Probe beam -> path search over a growing suffix -> output-loss polish (docs/ORDERING.md)."""
         from . import beam as bm
 
@@ -350,10 +369,11 @@ def order(
             puzzle.n_rows, probe_rows, seed + 1)
         PX, PT = a.X[pidx], a.pred[pidx]
         pw = (a.W_in, a.b_in, a.W_out, a.b_out)
-        confident = bool(getattr(pairing, "confident", True))
-        allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=0 if confident else 2)
-        kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT) + (() if confident else (mv.REPAIR,))
-        log.info("probe beam, width %d, %d rows%s", width, len(pidx), "" if confident else ", joint pairing")
+        # joint: each in piece may take one of its 3 best out pieces by the trace score (the beam keeps every
+        # piece pairable); the first probe stage trusts the pairing (3x cheaper), the path search re-pairs
+        allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=2 if joint else 0)
+        kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
+        log.info("probe beam, width %d, %d rows%s", width, len(pidx), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
         beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok)
@@ -361,7 +381,10 @@ def order(
         if not beam.orders:
             return
         cp = beam.common_prefix()
-        polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 8))
+        # a short polish: a beam or path order is either within a few moves of the answer or far off, and the
+        # output loss only guides the search near the answer
+        polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 2),
+                      max_rounds=min(max_rounds, 60))
         for rank, (o_in, o_out) in enumerate(beam.orders[:2]):
             res = local(o_in, o_out, tok, **polish)
             consider(res, f"beam{width}#{rank}")
@@ -398,13 +421,17 @@ def order(
         if exact() or token.reason() is not None:
             break
         left = token.remaining()
-        # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end)
-        tok = token if left is None else token.limited(left / (len(plan) - i))
+        # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end);
+        # the output-loss search, first on a tame network, gets half of what is left
+        # (as does the first probe stage on an exploding one: the wider, joint-pairing ones are fallbacks)
+        share = None if left is None else (left * 0.5 if stage == "search" and i == 0 else
+                                           left * 0.6 if stage == "probe" and i == 0 else left / (len(plan) - i))
+        tok = token if share is None else token.limited(share)
         t0 = time.perf_counter()
         if stage == "search":
             search_stage(tok)
         else:
-            probe_stage(tok, widths[stage])
+            probe_stage(tok, widths[stage], joint=stage != "probe")
         stage_times[stage] = stage_times.get(stage, 0.0) + time.perf_counter() - t0
         if state["stopped_by"] == TIME_LIMIT and token.reason() is None:
             state["stopped_by"] = None  # a stage's own share ran out: the next stage goes on
@@ -420,6 +447,7 @@ def order(
     if stopped == TIME_LIMIT and res.stopped != TIME_LIMIT and token.reason() is None:
         stopped = res.stopped
     rounds, scored, block_rows = stats["rounds"], stats["scored"], stats["block_rows"]
+    est, runner_up = (None, None) if stopped == "exact" else estimate_wrong(results, start, res)
     timings["search"] = time.perf_counter() - t
     timings.update({f"stage.{k}": v for k, v in stage_times.items()})
     return OrderResult(
@@ -439,5 +467,28 @@ def order(
         timings=timings,
         seed_orders={k: list(v) for k, v in cands.items()},
         runs=runs,
+        estimated_wrong=est,
+        runner_up=runner_up,
     )
+
+
+def _family(name: str) -> str:
+    # runs polished from one beam share a lineage: 'beam16#0', 'beam16#1+path30' are one family
+    return name.split("#")[0]
+
+
+def estimate_wrong(results, best_name: str, best) -> tuple:
+    """(positions where ``best`` differs from the best run of another family, that run's name), or
+    (None, None) when there is no other family. Why this estimates how many positions are wrong: a search stopped
+    short of the answer stops at a local optimum whose neighbourhood only it knows, so two independent searches
+    that both missed agree on few positions (the local optima of the chaotic networks are random-like), while
+    two that both came close agree on most of them. It is an estimate, not a bound: two runs stuck in one
+    wrong basin agree too (docs/ORDERING.md)."""
+    fam = _family(best_name)
+    others = [r for r in results if _family(r[1]) != fam]
+    if not others:
+        return None, None
+    loss, name, o_in, o_out = min(others, key=lambda r: r[0])
+    diff = sum(1 for p in range(len(o_in)) if (o_in[p], o_out[p]) != (best.order_in[p], best.order_out[p]))
+    return diff, name
 

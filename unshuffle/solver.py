@@ -149,6 +149,8 @@ class Solution:
                 "seed_mse": o.seed_mse, "start": o.start, "rounds": o.rounds, "moves_used": o.moves_used,
                 "candidates_scored": o.candidates_scored, "block_rows": o.block_rows,
                 "search_rows": o.search_rows, "repaired": o.repaired, "search_mse": o.mse,
+                "estimated_wrong_positions": o.estimated_wrong, "runner_up": o.runner_up,
+                "runs": [list(r) for r in o.runs],
                 "history": [list(h) for h in o.history],
             }
         return d
@@ -190,7 +192,7 @@ def solve(
     time_limit: Optional[float] = DEFAULT_TIME_LIMIT,
     token: Optional[CancelToken] = None,
     bt: bool = False,
-    pairing_methods: Sequence[str] = ("trace", "ratio", "unitnorm", "data_norm", "data_dot"),
+    pairing_methods: Sequence[str] = ("auto", "trace", "ratio", "unitnorm", "data_dot", "data_norm"),
     progress=None,
     on_phase: Optional[Callable[[str], None]] = None,
     certificate: bool = True,

@@ -63,3 +63,56 @@ def test_signal_free_network_solved_by_the_data(tmp_path):
     assert s.exact and s.sha256 == g.sha256
     # the answer did not come from the first pairing as it stood: a search re-paired, or a fallback pairing won
     assert s.order_result.repaired or s.pair_result.method != pair(pz).method
+
+
+def _explicit_first_order(pz, order_in, order_out, rows):
+    """The first-order score written out: each (a, b)'s contribution to the output, W_last (W_out[b] h_a + b_out[b])
+    with h_a on the stream where the order runs a, correlated with the centred residual pred - W_last X - b_last."""
+    import numpy as np
+
+    a = pz.arrays
+    W_in, b_in, W_out, b_out, W_last, b_last = (np.asarray(t, np.float64) for t in
+                                                (a.W_in, a.b_in, a.W_out, a.b_out, a.W_last, a.b_last))
+    x = np.asarray(a.X[:rows], np.float64)
+    r = np.asarray(a.pred[:rows], np.float64).reshape(rows, -1) - (x @ W_last.T + b_last)
+    r = r - r.mean(0)
+    S = np.zeros((len(W_in), len(W_out)))
+    for ai, bi in zip(order_in, order_out):
+        h = np.maximum(x @ W_in[ai].T + b_in[ai], 0)
+        for b in range(len(W_out)):
+            c = (h @ W_out[b].T + b_out[b]) @ W_last.T
+            c = c - c.mean(0)
+            S[ai, b] = (c * r).sum() / rows / np.sqrt((c * c).sum() / rows)  # E[c r] / sqrt(E[c c])
+        x = x + h @ W_out[bi].T + b_out[bi]
+    return S
+
+
+def test_first_order_scores_match_their_definition_and_pair_at_the_answer(tmp_path):
+    """pairing.first_order_scores against the explicit per-pair computation; at the true order of a plain-SGD
+    net (no weight pairing signal) its assignment is the true pairing."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from unshuffle.pairing import first_order_scores
+
+    g = make_puzzle(tmp_path, blocks=8, dim=24, hidden=40, rows=600, seed=11, regime="sgd")
+    pz = load_puzzle(tmp_path)
+    ii = {v: i for i, v in enumerate(pz.inp_ids)}
+    oi = {v: i for i, v in enumerate(pz.out_ids)}
+    t_in = [ii[p] for p in g.answer[0:-1:2]]
+    t_out = [oi[p] for p in g.answer[1:-1:2]]
+    rng = np.random.default_rng(0)
+    for o_in, o_out in [(t_in, t_out), (list(rng.permutation(8)), list(rng.permutation(8)))]:
+        S = first_order_scores(pz, o_in, o_out, rows=600)
+        np.testing.assert_allclose(S, _explicit_first_order(pz, o_in, o_out, 600), rtol=1e-8, atol=1e-10)
+    _, cols = linear_sum_assignment(first_order_scores(pz, t_in, t_out), maximize=True)
+    assert [int(cols[a]) for a in t_in] == t_out
+
+
+def test_plain_sgd_network_solved_through_the_data_pairing(tmp_path):
+    """Plain SGD leaves no pairing signal in the weights (NOTES.md "Pairing"); the first-order data pairing
+    and the re-pairing fit stage (docs/ORDERING.md) reach the exact answer."""
+    g = make_puzzle(tmp_path, blocks=12, dim=32, hidden=64, rows=2000, seed=12, regime="sgd")
+    pz = load_puzzle(tmp_path)
+    s = solve(pz, seed=0, time_limit=600, certificate=False)
+    assert s.exact and s.sha256 == g.sha256, (s.stopped, s.mse, s.order_result.runs)

@@ -228,7 +228,8 @@ def order(
     builds orders with the probe beam (``beam_width`` prefixes, ``probe_rows`` rows) and repairs them with the
     path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
     show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
-    then wider beams while time is left. The probe stages need the C++ core."""
+    then wider beams while time is left (tame networks also get the re-pairing "refit" stage); "seeds" returns
+    the best seed without any search. The probe stages need the C++ core."""
     timings: Dict[str, float] = {}
     if token is None:
         token = CancelToken(time_limit)
@@ -358,6 +359,44 @@ def order(
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
 
+    def refit_stage(tok):
+        """Alternate the output-loss search with a re-pairing by the first-order fit around the current order
+        (``pairing.first_order_scores``). From the best order so far, then from the seeds and seeded random
+        orders in turn, until exact or out of time: a chain goes on through up to 4 re-pairings without
+        improvement (the fit re-pairs well only once enough positions are right)."""
+        from scipy.optimize import linear_sum_assignment
+
+        from .pairing import first_order_scores
+
+        starts_ = [] if state["best"] is None else [(list(state["best"].order_in), list(state["best"].order_out))]
+        starts_ += [(list(cands[k]), [out_of[a] for a in cands[k]]) for k in sorted(seed_mse, key=seed_mse.get)]
+        rng = np.random.default_rng(seed)
+        it = 0
+        for chain in range(len(starts_) + 8):  # each start's chain, then 8 random ones (or the time share ends it)
+            if tok.reason() is not None:
+                return
+            if chain < len(starts_):
+                o_in, o_out = starts_[chain]
+            else:
+                o_in = [int(v) for v in rng.permutation(len(out_of))]
+                o_out = [out_of[a] for a in o_in]
+            best, stale = float("inf"), 0
+            while stale < 4 and tok.reason() is None:
+                _, cols = linear_sum_assignment(first_order_scores(puzzle, o_in, o_out), maximize=True)
+                new_out = [int(cols[a]) for a in o_in]
+                if new_out == o_out and best < float("inf"):
+                    break
+                left = tok.remaining()
+                res = local(o_in, new_out, tok if left is None else tok.limited(max(2.0, left / 4)),
+                            kicks=min(kicks, 1))
+                consider(res, f"refit{chain}#{it}")
+                it += 1
+                if res.stopped in ("exact", INTERRUPTED) or exact():
+                    return
+                stale = 0 if res.loss < best else stale + 1
+                best = min(best, res.loss)
+                o_in, o_out = list(res.order_in), list(res.order_out)
+
     def probe_stage(tok, width, joint):
         """Probe beam -> path search over a growing suffix -> output-loss polish (docs/ORDERING.md)."""
         from . import beam as bm
@@ -407,12 +446,16 @@ def order(
     explosive = float(np.median(list(seed_mse.values()))) > 10 * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     probe_ok = _native.available()
-    if strategy == "search" or not probe_ok:
+    if strategy not in ("auto", "search", "probe", "seeds"):
+        raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")
+    if strategy == "seeds":  # the seeds only (solve() compares pairings by them)
+        plan = []
+    elif strategy == "search" or not probe_ok:
         plan = ["search"]
     elif strategy == "probe":
         plan = ["probe", "probe+", "probe++"]
-    elif easy or not explosive:  # the output loss guides the search: it first, then the probe stages
-        plan = ["search", "probe", "probe+", "probe++"]
+    elif easy or not explosive:  # the output loss guides the search: it first, the re-pairing fit, then probes
+        plan = ["search", "refit", "probe", "probe+", "probe++"]
     else:  # the output loss explodes away from the answer: probe stages first, the search as a last resort
         plan = ["probe", "probe+", "search", "probe++"]
     widths = {"probe": beam_width, "probe+": 4 * beam_width, "probe++": 16 * beam_width}
@@ -422,14 +465,19 @@ def order(
             break
         left = token.remaining()
         # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end);
-        # the output-loss search, first on a tame network, gets half of what is left
-        # (as does the first probe stage on an exploding one: the wider, joint-pairing ones are fallbacks)
-        share = None if left is None else (left * 0.5 if stage == "search" and i == 0 else
-                                           left * 0.6 if stage == "probe" and i == 0 else left / (len(plan) - i))
+        # the output-loss search, first on a tame network, gets 35% of what is left and the re-pairing fit 40% of
+        # the rest (the probe stages rarely help a tame network); the first probe stage on an exploding network
+        # gets 60% (the wider, joint-pairing ones are fallbacks). Set on the dev puzzles, not on the reach grid.
+        share = None if left is None else (left * 0.35 if stage == "search" and i == 0 else
+                                           left * 0.6 if stage == "probe" and i == 0 else
+                                           left * 0.4 if stage == "refit" else
+                                           left / (len(plan) - i))
         tok = token if share is None else token.limited(share)
         t0 = time.perf_counter()
         if stage == "search":
             search_stage(tok)
+        elif stage == "refit":
+            refit_stage(tok)
         else:
             probe_stage(tok, widths[stage], joint=stage != "probe")
         stage_times[stage] = stage_times.get(stage, 0.0) + time.perf_counter() - t0

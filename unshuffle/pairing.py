@@ -101,7 +101,12 @@ def extra_scores(puzzle: Puzzle, rows: int = 1000) -> Dict[str, np.ndarray]:
     (docs/pairing_study.md: weight decay or a small init give none, but these work there):
     'unitnorm': correlation over hidden units j of ||W_in[a][j, :]|| and ||W_out[b][:, j]|| (weights only);
     'data_norm': E||u(x)||^2 of the block update on the recorded inputs (a trained pair's update is larger);
-    'data_dot': -E<u(x), x> (the data analogue of the negative trace)."""
+    'data_dot': -E<u(x), x> (the data analogue of the negative trace);
+    'data_fo': the first-order fit of the output: the correlation, over rows and outputs, of one block's
+    contribution to the output with the stream at X, W_last u(x), with the residual pred - (W_last x + b_last)
+    that the blocks must explain. It uses pred, so it works where the weights carry no pairing signal at all
+    (networks barely moved from their init: 'brief', plain SGD), as long as the stream stays near X (16-32
+    blocks, NOTES.md "Pairing")."""
     a = puzzle.arrays
     W_in, b_in, W_out, b_out = (np.asarray(t, np.float64) for t in (a.W_in, a.b_in, a.W_out, a.b_out))
     X = np.asarray(a.X[:rows], np.float64)
@@ -114,7 +119,41 @@ def extra_scores(puzzle: Puzzle, rows: int = 1000) -> Dict[str, np.ndarray]:
     lin = 2 * np.einsum("bd,bdh,ah->ab", b_out, W_out, H.mean(2), optimize=True)
     out["data_norm"] = quad + lin + (b_out**2).sum(1)[None, :]
     out["data_dot"] = -(np.einsum("bdh,ahd->ab", W_out, H @ X / R, optimize=True) + (b_out @ X.mean(0))[None, :])
+    W_last, b_last = np.asarray(a.W_last, np.float64), np.asarray(a.b_last, np.float64)
+    resid = np.asarray(a.pred[:rows], np.float64).reshape(R, -1) - (X @ W_last.T + b_last)
+    resid -= resid.mean(0)
+    mu = H.mean(2)  # (Na, h)
+    V = np.einsum("kd,bdh->bkh", W_last, W_out, optimize=True)  # the output map of each out piece's hidden units
+    M = np.einsum("ahr,rk->ahk", H, resid, optimize=True) / R  # E[h r], r centred
+    Gc = G - mu[:, :, None] * mu[:, None, :]  # covariance of h per inp piece
+    num = np.einsum("bkh,ahk->ab", V, M, optimize=True)
+    den = np.einsum("bkh,ahj,bkj->ab", V, Gc, V, optimize=True)
+    out["data_fo"] = num / np.sqrt(np.maximum(den, 1e-300))
     return out
+
+
+def first_order_scores(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int], rows: int = 2000) -> np.ndarray:
+    """'data_fo' around an order (Na, No): each inp piece's hidden units are taken on the stream where the order
+    runs it, not on X. Why: pred - (W_last X + b_last) = W_last sum_p u_p(x_{p-1}) holds exactly for the true
+    order, so with the stream right the first-order fit is the exact model and the true out piece of each block
+    stands out; near the answer it re-pairs what a search cannot (plain-SGD nets, NOTES.md "Pairing")."""
+    a = puzzle.arrays
+    R = min(rows, a.X.shape[0])
+    W_in, b_in, W_out, b_out, W_last, b_last = (np.asarray(t, np.float64) for t in
+                                                (a.W_in, a.b_in, a.W_out, a.b_out, a.W_last, a.b_last))
+    x = np.asarray(a.X[:R], np.float64)
+    resid = np.asarray(a.pred[:R], np.float64).reshape(R, -1) - (x @ W_last.T + b_last)
+    resid -= resid.mean(0)
+    V = np.einsum("kd,bdh->bkh", W_last, W_out, optimize=True)
+    S = np.zeros((W_in.shape[0], W_out.shape[0]))
+    for ai, bi in zip(order_in, order_out):
+        h = np.maximum(x @ W_in[ai].T + b_in[ai], 0.0)
+        hc = h - h.mean(0)
+        num = np.einsum("bkh,hk->b", V, hc.T @ resid / R, optimize=True)
+        den = np.einsum("bkh,hj,bkj->b", V, hc.T @ hc / R, V, optimize=True)
+        S[ai] = num / np.sqrt(np.maximum(den, 1e-300))
+        x = x + h @ W_out[bi].T + b_out[bi]
+    return S
 
 
 def _standardised(S: np.ndarray) -> np.ndarray:
@@ -130,7 +169,7 @@ def _standardised(S: np.ndarray) -> np.ndarray:
 FUSED = ("trace", "ratio", "unitnorm", "data_dot")
 
 
-METHODS = ("auto", "trace", "ratio", "fused", "unitnorm", "data_norm", "data_dot")
+METHODS = ("auto", "trace", "ratio", "fused", "unitnorm", "data_norm", "data_dot", "data_fo")
 
 
 def pair(puzzle: Puzzle, method: str = "auto") -> PairResult:

@@ -20,6 +20,33 @@ constexpr int64_t kProbeTile = 64;  // rows per float Gram tile (then added into
 // The whitened linear features are orthonormal, so this only ever drops squares.
 constexpr double kProbePivot = 1e-5;
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// In-place Cholesky (lower triangle) of the n x n symmetric matrix A, row stride lda, with dropping: column j is
+// dropped when usable[j] <= 0 or its remaining diagonal (plus ridge) is <= threshold. A dropped row and column
+// become the identity's (dropped[j] = 1), which keeps every later loop a branch-free dot product.
+void cholesky_dropping(double* A, int64_t n, int64_t lda, double ridge, double threshold, const double* usable,
+                       char* dropped) {
+  for (int64_t j = 0; j < n; ++j) {
+    double* Aj = A + j * lda;
+    double diag = Aj[j] + ridge;
+    for (int64_t p = 0; p < j; ++p) diag -= Aj[p] * Aj[p];
+    dropped[j] = !(usable[j] > 0.0 && diag > threshold);
+    if (dropped[j]) {
+      for (int64_t p = 0; p < j; ++p) Aj[p] = 0.0;
+      Aj[j] = 1.0;
+      for (int64_t i = j + 1; i < n; ++i) A[i * lda + j] = 0.0;
+      continue;
+    }
+    const double ajj = std::sqrt(diag);
+    Aj[j] = ajj;
+    for (int64_t i = j + 1; i < n; ++i) {
+      double* Ai = A + i * lda;
+      double v = Ai[j];
+      for (int64_t p = 0; p < j; ++p) v -= Ai[p] * Aj[p];
+      Ai[j] = v / ajj;
+    }
+  }
+}
 }  // namespace
 
 Probe::Probe(int64_t d, int64_t k, int features, double ridge)
@@ -110,38 +137,19 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
     }
   }
   for (double& v : cov_) v /= static_cast<double>(R);
-  std::vector<char> keep(static_cast<std::size_t>(d), 0);
+  std::vector<char> dropped(static_cast<std::size_t>(d), 0);
   double* L = cov_.data();
-  for (int64_t j = 0; j < d; ++j) {
-    double* Lj = L + j * d;
-    double diag = Lj[j];
-    for (int64_t p = 0; p < j; ++p) diag -= Lj[p] * Lj[p];
-    keep[j] = sd[j] > 0 && diag > 1e-10;
-    if (!keep[j]) {
-      for (int64_t p = 0; p <= j; ++p) Lj[p] = 0.0;
-      for (int64_t i = j + 1; i < d; ++i) L[i * d + j] = 0.0;
-      Lj[j] = 1.0;
-      continue;
-    }
-    const double ljj = std::sqrt(diag);
-    Lj[j] = ljj;
-    for (int64_t i = j + 1; i < d; ++i) {
-      double* Li = L + i * d;
-      double v = Li[j];
-      for (int64_t p = 0; p < j; ++p) v -= Li[p] * Lj[p];
-      Li[j] = v / ljj;
-    }
-  }
+  cholesky_dropping(L, d, d, 0.0, 1e-10, sd, dropped.data());
   // WT (d x Dp): row j holds column j of L^-1 transposed, so z = xs WT (z_i = sum_j xs_j (L^-1)[i][j])
   float* WT = WT_.data();
   std::fill(WT, WT + std::max(Dm, Dp) * Dp, 0.f);
   std::vector<double>& wcol = W_;
   for (int64_t j = 0; j < d; ++j) {
-    if (!keep[j]) continue;
+    if (dropped[j]) continue;
     std::fill(wcol.begin(), wcol.begin() + d, 0.0);
     wcol[j] = 1.0 / L[j * d + j];
     for (int64_t i = j + 1; i < d; ++i) {
-      if (!keep[i]) continue;
+      if (dropped[i]) continue;
       double v = 0.0;
       for (int64_t p = j; p < i; ++p) v -= L[i * d + p] * wcol[p];
       wcol[i] = v / L[i * d + i];
@@ -182,26 +190,7 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
   }
   for (int64_t i = 0; i < nf; ++i)
     for (int64_t j = 0; j <= i; ++j) G[i * na + j] *= scale_[i] * scale_[j];
-  for (int64_t j = 0; j < nf; ++j) {
-    double* Lj = G + j * na;
-    double diag = Lj[j] + ridge_;
-    for (int64_t p = 0; p < j; ++p) diag -= Lj[p] * Lj[p];
-    dropped_[j] = !(scale_[j] > 0.0 && diag > kProbePivot);
-    if (dropped_[j]) {
-      for (int64_t p = 0; p < j; ++p) Lj[p] = 0.0;
-      Lj[j] = 1.0;
-      for (int64_t i = j + 1; i < nf; ++i) G[i * na + j] = 0.0;
-      continue;
-    }
-    const double ljj = std::sqrt(diag);
-    Lj[j] = ljj;
-    for (int64_t i = j + 1; i < nf; ++i) {
-      double* Li = G + i * na;
-      double v = Li[j];
-      for (int64_t p = 0; p < j; ++p) v -= Li[p] * Lj[p];
-      Li[j] = v / ljj;
-    }
-  }
+  cholesky_dropping(G, nf, na, ridge_, kProbePivot, scale_.data(), dropped_.data());
   // C = S (L L^T)^-1 S rhs for each output, rhs = F^T t (column nf + o of the Gram).
   auto solve_into = [&](const double* rhs, int64_t stride, double* out) {
     for (int64_t i = 0; i < nf; ++i) {

@@ -87,13 +87,20 @@ Stacks check_stacks(const std::string& fn, int64_t d, const char* d_from, const 
   return {Ni, No, h};
 }
 
-void check_head(const std::string& fn, int64_t R, int64_t d, const py::array& W_last, const py::array& b_last,
-                const py::array& target) {
+// The last layer (W_last (k, d), b_last (k,)); returns k. d_from says where d came from (error messages).
+int64_t check_last(const std::string& fn, int64_t d, const char* d_from, const py::array& W_last,
+                   const py::array& b_last) {
   auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
   const int64_t k = wl[0];
-  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from the rows");
+  expect_shape(fn, "W_last", W_last, {k, d}, std::string("(k, d) with d from ") + d_from);
   check(b_last, fn, "b_last", true, 1, "(k,)");
   expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  return k;
+}
+
+void check_head(const std::string& fn, int64_t R, int64_t d, const py::array& W_last, const py::array& b_last,
+                const py::array& target) {
+  const int64_t k = check_last(fn, d, "the rows", W_last, b_last);
   check(target, fn, "target", true, 2, "(R, k)");
   expect_shape(fn, "target", target, {R, k}, "(R, k): one row per input row, k from W_last");
 }
@@ -455,11 +462,7 @@ py::array_t<float> forward_f32_py(py::array X, py::array order_in, py::array ord
   const int64_t R = xs[0], d = xs[1];
   const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
   check_order(fn, order_in, order_out, s.Ni, s.No, true);
-  auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
-  const int64_t k = wl[0];
-  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from X");
-  check(b_last, fn, "b_last", true, 1, "(k,)");
-  expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  const int64_t k = check_last(fn, d, "X", W_last, b_last);
   check_threads(fn, n_threads);
   py::array_t<float> out({static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(k)});
   float* o = out.mutable_data();
@@ -481,11 +484,7 @@ py::array_t<double> forward_f64_py(py::array X, py::array order_in, py::array or
   const int64_t R = xs[0], d = xs[1];
   const Stacks s = check_stacks(fn, d, "X", W_in, b_in, W_out, b_out);
   check_order(fn, order_in, order_out, s.Ni, s.No, true);
-  auto wl = check(W_last, fn, "W_last", true, 2, "(k, d)");
-  const int64_t k = wl[0];
-  expect_shape(fn, "W_last", W_last, {k, d}, "(k, d) with d from X");
-  check(b_last, fn, "b_last", true, 1, "(k,)");
-  expect_shape(fn, "b_last", b_last, {k}, "(k,) from W_last");
+  const int64_t k = check_last(fn, d, "X", W_last, b_last);
   check_threads(fn, n_threads);
   py::array_t<double> out({static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(k)});
   double* o = out.mutable_data();

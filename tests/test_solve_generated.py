@@ -116,3 +116,22 @@ def test_plain_sgd_network_solved_through_the_data_pairing(tmp_path):
     pz = load_puzzle(tmp_path)
     s = solve(pz, seed=0, time_limit=600, certificate=False)
     assert s.exact and s.sha256 == g.sha256, (s.stopped, s.mse, s.order_result.runs)
+
+
+def test_extra_scores_computed_once_per_puzzle_and_again_when_an_array_changes():
+    import numpy as np
+
+    from unshuffle import pairing
+    from unshuffle.testing import random_puzzle
+
+    pz, _, _ = random_puzzle(3, n=5, d=6, h=10, rows=50)
+    a = pairing.extra_scores(pz)
+    b = pairing.extra_scores(pz)
+    assert all(a[k] is b[k] for k in a)  # the cached arrays
+    W_last, b_last = pz.arrays.W_last, pz.arrays.b_last
+    # a replaced array is recomputed from the new data: doubling pred's part beyond the last layer's doubles data_fo
+    pz.arrays.pred = (2.0 * pz.arrays.pred - (pz.arrays.X @ W_last.T + b_last)).astype(np.float32)
+    c = pairing.extra_scores(pz)
+    assert c["data_fo"] is not a["data_fo"]
+    np.testing.assert_allclose(c["data_fo"], 2.0 * a["data_fo"], rtol=1e-4)
+    np.testing.assert_array_equal(c["unitnorm"], a["unitnorm"])

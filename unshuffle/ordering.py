@@ -364,8 +364,7 @@ def order(
         (``pairing.first_order_scores``). From the best order so far, then from the seeds and seeded random
         orders in turn, until exact or out of time: a chain goes on through up to 4 re-pairings without
         improvement (the fit re-pairs well only once enough positions are right)."""
-        from scipy.optimize import linear_sum_assignment
-
+        from .native import linear_sum_assignment  # (the core's; scipy's takes ~0.3 s to import)
         from .pairing import first_order_scores
 
         starts_ = [] if state["best"] is None else [(list(state["best"].order_in), list(state["best"].order_out))]

@@ -10,8 +10,9 @@ and scipy are the references they are tested against and the fallback without th
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -96,7 +97,22 @@ def _corr_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A / (np.linalg.norm(A, axis=1, keepdims=True) + 1e-30)) @ (B / (np.linalg.norm(B, axis=1, keepdims=True) + 1e-30)).T
 
 
+# extra_scores per puzzle: solve() asks for them again for each pairing it tries (auto, the data_fo choice, each
+# fallback); a hit needs the same rows and the very same arrays (a replaced array recomputes)
+_EXTRA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def extra_scores(puzzle: Puzzle, rows: int = 1000) -> Dict[str, np.ndarray]:
+    """``_extra_scores`` (below), computed once per puzzle and rows."""
+    a = puzzle.arrays
+    arrays = (a.W_in, a.b_in, a.W_out, a.b_out, a.W_last, a.b_last, a.X, a.pred)
+    hit = _EXTRA.get(puzzle)
+    if hit is None or hit[0] != rows or any(u is not v for u, v in zip(hit[1], arrays)):
+        hit = _EXTRA[puzzle] = (rows, arrays, _extra_scores(puzzle, rows))
+    return dict(hit[2])
+
+
+def _extra_scores(puzzle: Puzzle, rows: int) -> Dict[str, np.ndarray]:
     """More pairing signals (numpy, float64), for networks whose W_out W_in has no diagonal structure
     (docs/pairing_study.md: weight decay or a small init give none, but these work there):
     'unitnorm': correlation over hidden units j of ||W_in[a][j, :]|| and ||W_out[b][:, j]|| (weights only);
@@ -119,17 +135,29 @@ def extra_scores(puzzle: Puzzle, rows: int = 1000) -> Dict[str, np.ndarray]:
     lin = 2 * np.einsum("bd,bdh,ah->ab", b_out, W_out, H.mean(2), optimize=True)
     out["data_norm"] = quad + lin + (b_out**2).sum(1)[None, :]
     out["data_dot"] = -(np.einsum("bdh,ahd->ab", W_out, H @ X / R, optimize=True) + (b_out @ X.mean(0))[None, :])
-    W_last, b_last = np.asarray(a.W_last, np.float64), np.asarray(a.b_last, np.float64)
-    resid = np.asarray(a.pred[:rows], np.float64).reshape(R, -1) - (X @ W_last.T + b_last)
-    resid -= resid.mean(0)
-    mu = H.mean(2)  # (Na, h)
-    V = np.einsum("kd,bdh->bkh", W_last, W_out, optimize=True)  # the output map of each out piece's hidden units
-    M = np.einsum("ahr,rk->ahk", H, resid, optimize=True) / R  # E[h r], r centred
-    Gc = G - mu[:, :, None] * mu[:, None, :]  # covariance of h per inp piece
-    num = np.einsum("bkh,ahk->ab", V, M, optimize=True)
-    den = np.einsum("bkh,ahj,bkj->ab", V, Gc, V, optimize=True)
-    out["data_fo"] = num / np.sqrt(np.maximum(den, 1e-300))
+    _, resid, V = _first_order_target(a, rows)
+    out["data_fo"] = np.stack([_first_order_row(H[i].T, V, resid) for i in range(H.shape[0])])
     return out
+
+
+def _first_order_target(a, rows: int):
+    """(X rows (R, d), the centred residual pred - (W_last X + b_last) (R, k), V (No, k, h) = W_last W_out[b]:
+    the output map of each out piece's hidden units), float64: what the first-order pairing fits."""
+    X = np.asarray(a.X[:rows], np.float64)
+    W_last, b_last = np.asarray(a.W_last, np.float64), np.asarray(a.b_last, np.float64)
+    resid = np.asarray(a.pred[:rows], np.float64).reshape(X.shape[0], -1) - (X @ W_last.T + b_last)
+    resid -= resid.mean(0)
+    return X, resid, np.einsum("kd,bdh->bkh", W_last, np.asarray(a.W_out, np.float64), optimize=True)
+
+
+def _first_order_row(h: np.ndarray, V: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """One inp piece's first-order scores against every out piece b: E[c_b r] / sqrt(E[c_b c_b]) with
+    c_b = V[b] (h - E h) its centred contribution to the output, h (R, h) its hidden units, r the residual."""
+    R = h.shape[0]
+    hc = h - h.mean(0)
+    num = np.einsum("bkh,hk->b", V, hc.T @ resid / R, optimize=True)
+    den = np.einsum("bkh,hj,bkj->b", V, hc.T @ hc / R, V, optimize=True)
+    return num / np.sqrt(np.maximum(den, 1e-300))
 
 
 def first_order_scores(puzzle: Puzzle, order_in: Sequence[int], order_out: Sequence[int], rows: int = 2000) -> np.ndarray:
@@ -138,20 +166,12 @@ def first_order_scores(puzzle: Puzzle, order_in: Sequence[int], order_out: Seque
     order, so with the stream right the first-order fit is the exact model and the true out piece of each block
     stands out; near the answer it re-pairs what a search cannot (plain-SGD nets, NOTES.md "Pairing")."""
     a = puzzle.arrays
-    R = min(rows, a.X.shape[0])
-    W_in, b_in, W_out, b_out, W_last, b_last = (np.asarray(t, np.float64) for t in
-                                                (a.W_in, a.b_in, a.W_out, a.b_out, a.W_last, a.b_last))
-    x = np.asarray(a.X[:R], np.float64)
-    resid = np.asarray(a.pred[:R], np.float64).reshape(R, -1) - (x @ W_last.T + b_last)
-    resid -= resid.mean(0)
-    V = np.einsum("kd,bdh->bkh", W_last, W_out, optimize=True)
+    W_in, b_in, W_out, b_out = (np.asarray(t, np.float64) for t in (a.W_in, a.b_in, a.W_out, a.b_out))
+    x, resid, V = _first_order_target(a, rows)
     S = np.zeros((W_in.shape[0], W_out.shape[0]))
     for ai, bi in zip(order_in, order_out):
         h = np.maximum(x @ W_in[ai].T + b_in[ai], 0.0)
-        hc = h - h.mean(0)
-        num = np.einsum("bkh,hk->b", V, hc.T @ resid / R, optimize=True)
-        den = np.einsum("bkh,hj,bkj->b", V, hc.T @ hc / R, V, optimize=True)
-        S[ai] = num / np.sqrt(np.maximum(den, 1e-300))
+        S[ai] = _first_order_row(h, V, resid)
         x = x + h @ W_out[bi].T + b_out[bi]
     return S
 

@@ -31,6 +31,7 @@ import torch
 
 from unshuffle import moves as mv
 from unshuffle import reference
+from unshuffle.testing import deep_scales, random_net
 
 try:
     from unshuffle import _core
@@ -64,25 +65,34 @@ def timed(fn, device, repeats: int):
 def make_problem(N, d, h, k, R, kinds, seed=0):
     """A random net (activations kept O(1)), a random current order, its reference prefixes, a target near
     its outputs (realistic loss sizes), and the candidates both as moves and as block sequences."""
-    g = torch.Generator().manual_seed(seed)
-    W_in = torch.randn(N, h, d, generator=g) / d**0.5
-    b_in = torch.randn(N, h, generator=g) * 0.1
-    W_out = torch.randn(N, d, h, generator=g) * (0.5 / h**0.5) / max(N, 1) ** 0.5
-    b_out = torch.randn(N, d, generator=g) * 0.05
-    W_last = torch.randn(k, d, generator=g) / d**0.5
-    b_last = torch.randn(k, generator=g) * 0.1
-    X = torch.randn(R, d, generator=g)
-    oi = torch.randperm(N, generator=g).tolist()
-    oo = torch.randperm(N, generator=g).tolist()
-    w = (W_in, b_in, W_out, b_out, W_last, b_last)
+    net = random_net(seed, n=N, d=d, h=h, k=k, rows=R, **deep_scales(N), target="random")
+    t = net.tensors()
+    X, oi, oo = t["X"], net.order_in, net.order_out
+    w = tuple(t[n] for n in ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last"))
     prefix = reference.forward_prefixes(X, oi, oo, *w[:4])
-    target = (prefix[-1] @ W_last.T + b_last + 0.01 * torch.randn(R, k, generator=g)).contiguous()
+    W_last, b_last = w[4:]
+    target = (prefix[-1] @ W_last.T + b_last + 0.01 * t["target"]).contiguous()  # near the outputs
     if _core is not None:
         starts, si, so, moves = _core.generate_candidates(np.asarray(oi, np.int64), np.asarray(oo, np.int64), list(kinds))
     else:
         starts, si, so, moves = mv.generate_candidates(oi, oo, kinds)
     return dict(N=N, d=d, h=h, k=k, R=R, X=X, target=target, w=w, oi=oi, oo=oo, prefix=prefix,
                 starts=np.asarray(starts), seq_in=np.asarray(si), seq_out=np.asarray(so), moves=np.asarray(moves))
+
+
+def device_problem(p, dev):
+    """``make_problem``'s net uploaded for the device search (kernels/search.py): (prepared problem, its
+    prefixes for the current order, order_in, order_out (1, N) int32, move rows (K, 4) [search 0, kind, i, j])."""
+    from unshuffle.kernels import search as ks
+
+    prob = ks.prepare(p["X"], p["target"], *p["w"], device=dev)
+    oin = torch.tensor([p["oi"]], dtype=torch.int32, device=dev)
+    oout = torch.tensor([p["oo"]], dtype=torch.int32, device=dev)
+    prefix = ks.new_prefix(prob, 1, p["N"])
+    ks.forward_rows(prob, prefix, oin, oout, torch.tensor([[0, ks.FORWARD, 0, 0]], dtype=torch.int32, device=dev))
+    rows = torch.zeros((len(p["moves"]), 4), dtype=torch.int32)
+    rows[:, 1:] = torch.as_tensor(p["moves"]).to(torch.int32)
+    return prob, prefix, oin, oout, rows.to(dev)
 
 
 def gemm_rates(device, n=None, repeats=5) -> dict:
@@ -133,14 +143,7 @@ def bench(p, device, repeats=5, ref_limit=16, threads=None, precision="fp32", on
     record("reference", cold, warm, len(sub), int(lengths[sub].sum()), ref.numpy(), sub)
 
     if want("triton_moves") or want("triton_round"):
-        prob = ks.prepare(p["X"], p["target"], *p["w"], device=dev)
-        oin = torch.tensor([p["oi"]], dtype=torch.int32, device=dev)
-        oout = torch.tensor([p["oo"]], dtype=torch.int32, device=dev)
-        prefix = ks.new_prefix(prob, 1, N)
-        ks.forward_rows(prob, prefix, oin, oout, torch.tensor([[0, ks.FORWARD, 0, 0]], dtype=torch.int32, device=dev))
-        rows = torch.zeros((K, 4), dtype=torch.int32)
-        rows[:, 1:] = T(p["moves"]).to(torch.int32)
-        rows = rows.to(dev)
+        prob, prefix, oin, oout, rows = device_problem(p, dev)
         knobs = dict(precision=precision, block_r=block_r, num_warps=num_warps)
         cold, warm, out = timed(lambda: ks.score_moves(prob, prefix, oin, oout, rows, **knobs), dev, repeats)
         record("triton_moves", cold, warm, K, int(lengths.sum()), out.cpu().numpy())

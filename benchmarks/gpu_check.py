@@ -197,14 +197,8 @@ def step_precision(a):
            "planted_loss_float64": float(ref64[cstar]), "precisions": {}}
     for prec in ks.PRECISIONS:
         res = bks.bench(p, dev, repeats=1 if a.smoke else 5, ref_limit=2, precision=prec, only={"triton_moves"})["triton_moves"]
-        prob = ks.prepare(p["X"], p["target"], *p["w"], device=dev)
-        oin = torch.tensor([p["oi"]], dtype=torch.int32, device=dev)
-        oout = torch.tensor([p["oo"]], dtype=torch.int32, device=dev)
-        prefix = ks.new_prefix(prob, 1, N)
-        ks.forward_rows(prob, prefix, oin, oout, torch.tensor([[0, ks.FORWARD, 0, 0]], dtype=torch.int32, device=dev))
-        rows = torch.zeros((K, 4), dtype=torch.int32)
-        rows[:, 1:] = T(p["moves"]).to(torch.int32)
-        got = ks.score_moves(prob, prefix, oin, oout, rows.to(dev), precision=prec).cpu().numpy()
+        prob, prefix, oin, oout, rows = bks.device_problem(p, dev)
+        got = ks.score_moves(prob, prefix, oin, oout, rows, precision=prec).cpu().numpy()
         others = np.ones(K, bool)
         others[cstar] = False
         rel = np.abs(got[others] - ref64[others]) / np.abs(ref64[others])

@@ -28,6 +28,16 @@ def public_puzzle(public_dir):
     return load_puzzle(public_dir)
 
 
+@pytest.fixture
+def few_threads():
+    """torch on one thread for the test (modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``): the
+    machine is shared, and Triton's interpreter is numpy-bound and gains little from threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def make_random_net(n=6, d=8, h=12, k=1, rows=64, seed=0, scale=0.4):
     """A random (untrained) residual net with a known order: returns (Puzzle, order_in, order_out).
 
@@ -54,3 +64,25 @@ def small_puzzle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("small")
     make_puzzle(folder, blocks=6, dim=16, hidden=32, rows=500, seed=4)
     return load_puzzle(folder)
+
+
+def compile_for_sm90(fn, types, consts):
+    """Lower a Triton kernel (its non-interpreter JIT function) to an sm_90 cubin without a GPU: catches what
+    only the real compiler sees. ``types``: the runtime arguments' signature types in order; ``consts``: the
+    constexprs by name. Skips when the compiler API or ptxas is missing; a compile error fails."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:  # pragma: no cover
+        pytest.skip(f"triton compiler API not available: {exc}")
+    sig = dict(zip(fn.arg_names, list(types) + ["constexpr"] * len(consts)))
+    constexprs = {(fn.arg_names.index(n),): v for n, v in consts.items()}
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    except Exception as exc:  # only a missing toolchain is a skip; a compile error is a failure
+        if "ptxas" in str(exc).lower() and "not found" in str(exc).lower():
+            pytest.skip(f"no ptxas: {exc}")
+        raise
+    return k

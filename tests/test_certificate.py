@@ -15,25 +15,13 @@ from unshuffle import reference
 from unshuffle.cancel import CancelToken
 from unshuffle.certificate import Certificate, certify, neighbours, reference_scorer
 from unshuffle.solver import solve, verify
-from unshuffle.testing import random_net
+from unshuffle.testing import random_candidates, random_net
 
 core = pytest.importorskip(
     "unshuffle._core", reason="C++ extension unshuffle._core not built (CI builds it with UNSHUFFLE_REQUIRE_EXT=1)"
 )
 
 EPS32 = 2.0 ** -24
-
-
-def random_branches(rng, K, N, Ni, No, L):
-    """K candidates: random starts in [0, N], random block sequences of length 0..L (repeats allowed)."""
-    starts = rng.integers(0, N + 1, size=K).astype(np.int64)
-    seq_in = np.full((K, L), -1, np.int64)
-    seq_out = np.full((K, L), -1, np.int64)
-    for c in range(K):
-        n = int(rng.integers(0, L + 1))
-        seq_in[c, :n] = rng.integers(0, Ni, size=n)
-        seq_out[c, :n] = rng.integers(0, No, size=n)
-    return starts, seq_in, seq_out
 
 
 def branch(net, oi, oo, starts, si, so, X=None, target=None, **kw):
@@ -70,7 +58,7 @@ def test_branch_errors_match_reference(Ni, No, d, h, k, R, N, K, L):
     net = random_net(int(rng.integers(1 << 30)), n=Ni, n_out=No, d=d, h=h, k=k, rows=R, w_in=1.0, w_out=0.3,
                      b_last=1.0, target="random")
     oi, oo = rng.permutation(Ni)[:N], rng.permutation(No)[:N]
-    starts, si, so = random_branches(rng, K, N, Ni, No, L)
+    starts, si, so = random_candidates(rng, K, L, N + 1, Ni, No)
     mx, sse, rows = branch(net, oi, oo, starts, si, so, per_row=True)
     assert mx.dtype == np.float64 and mx.shape == (K,) and sse.shape == (K,) and rows.shape == (K, R)
     want_mx, want_sse, want_rows = reference_errors(net, oi, oo, starts, si, so)
@@ -91,7 +79,7 @@ def test_each_rows_value_is_independent_of_the_call():
     N, R = 7, 600  # > 2 row chunks of 256
     net = random_net(5, n=N, d=20, h=36, k=2, rows=R)
     oi, oo = net.order_in, net.order_out
-    starts, si, so = random_branches(rng, 90, N, N, N, 9)
+    starts, si, so = random_candidates(rng, 90, 9, N + 1, N, N)
     mx, sse, rows = branch(net, oi, oo, starts, si, so, per_row=True)
     for nt in (1, 2, 3):
         m2, s2, r2 = branch(net, oi, oo, starts, si, so, per_row=True, n_threads=nt)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unshuffle import reference
-from unshuffle.testing import random_net
+from unshuffle.testing import random_candidates, random_net
 
 core = pytest.importorskip(
     "unshuffle._core", reason="C++ extension unshuffle._core not built (CI builds it with UNSHUFFLE_REQUIRE_EXT=1)"
@@ -20,18 +20,6 @@ def make_net(rng, Ni, No, d, h, k, R):
     net = random_net(int(rng.integers(1 << 31)), n=Ni, n_out=No, d=d, h=h, k=k, rows=R, w_in=1.0, w_out=0.3,
                      b_last=1.0, target="random")
     return net.as_dict()
-
-
-def random_candidates(rng, K, L, P, Ni, No):
-    """K candidates with random starts and mixed lengths 0..L, padded with -1."""
-    starts = rng.integers(0, P, size=K).astype(np.int64)
-    seq_in = np.full((K, L), -1, np.int64)
-    seq_out = np.full((K, L), -1, np.int64)
-    for c in range(K):
-        n = int(rng.integers(0, L + 1))
-        seq_in[c, :n] = rng.integers(0, Ni, size=n)
-        seq_out[c, :n] = rng.integers(0, No, size=n)
-    return starts, seq_in, seq_out
 
 
 def prefix_of(net, order_in, order_out):

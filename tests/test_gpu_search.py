@@ -26,12 +26,7 @@ from conftest import make_random_net  # noqa: E402
 LOSS_RTOL, LOSS_ATOL = 2e-5, 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("few_threads")  # (conftest)
 
 
 def net(seed=5, n=6, **kw):

@@ -24,19 +24,16 @@ pytest.importorskip("triton")
 
 from unshuffle.kernels.scoring import score_candidates_triton, triton_available  # noqa: E402
 from unshuffle.reference import forward_prefixes, score_candidates  # noqa: E402
+from unshuffle.testing import deep_scales, random_net  # noqa: E402
+
+from conftest import compile_for_sm90  # noqa: E402
 
 COMPILED, _WHY = triton_available()
 DEVICE = "cuda" if COMPILED else "cpu"  # CPU: interpreter
 RTOL = 2e-5
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # The machine is shared; the interpreter is numpy-bound and gains little from threads.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("few_threads")  # (conftest)
 
 
 def make_problem(N, d, h, k, R, K, seed, lengths=None, device=DEVICE):
@@ -47,17 +44,9 @@ def make_problem(N, d, h, k, R, K, seed, lengths=None, device=DEVICE):
     with random (in, out) pairs: repeats allowed, the contract does not forbid them.
     """
     g = torch.Generator().manual_seed(seed)
-    W_in = torch.randn(N, h, d, generator=g) / d**0.5
-    b_in = torch.randn(N, h, generator=g) * 0.1
-    W_out = torch.randn(N, d, h, generator=g) * (0.5 / h**0.5) / max(N, 1) ** 0.5
-    b_out = torch.randn(N, d, generator=g) * 0.05
-    W_last = torch.randn(k, d, generator=g) / d**0.5
-    b_last = torch.randn(k, generator=g) * 0.1
-    X = torch.randn(R, d, generator=g)
-    order_in = torch.randperm(N, generator=g).tolist()
-    order_out = torch.randperm(N, generator=g).tolist()
-    prefix = forward_prefixes(X, order_in, order_out, W_in, b_in, W_out, b_out)
-    target = torch.randn(R, k, generator=g)
+    net = random_net(n=N, d=d, h=h, k=k, rows=R, **deep_scales(N), target="random", generator=g)
+    W_in, b_in, W_out, b_out, W_last, b_last, X, target = net.tensors().values()
+    prefix = forward_prefixes(X, net.order_in, net.order_out, W_in, b_in, W_out, b_out)
     starts = torch.randint(0, N + 1, (K,), generator=g)
     if lengths is None:
         lengths = (N - starts).tolist()
@@ -299,26 +288,12 @@ def test_interpreter_independent_of_env_and_import_order(mode):
 def test_compiles_for_sm90_without_a_gpu():
     """Lower the compiled (non-interpreter) kernel to a cubin for an H100 target, no device needed:
     catches type/shape errors that only the real compiler sees (the interpreter is lenient)."""
-    triton = pytest.importorskip("triton")
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"triton compiler API not available: {exc}")
     from unshuffle.kernels.scoring import _get_kernel
 
     fn = _get_kernel(interpret=False)
     types = ["*fp32", "*i64", "*i64", "*i64", "*i64"] + ["*fp32"] * 7 + ["*fp64", "*fp32"] + ["i32"] * 6
     consts = dict(BLOCK_R=64, D_PAD=64, BLOCK_H=64, H_PAD=128, K_PAD=16, RETURN_OUTPUTS=True, PRECISION="ieee")
-    sig = dict(zip(fn.arg_names, types + ["constexpr"] * len(consts)))
-    constexprs = {(fn.arg_names.index(n),): v for n, v in consts.items()}
-    try:
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    except Exception as exc:  # only a missing toolchain is a skip; a compile error is a failure
-        if "ptxas" in str(exc).lower() and "not found" in str(exc).lower():
-            pytest.skip(f"no ptxas: {exc}")
-        raise
+    k = compile_for_sm90(fn, types, consts)
     assert "cubin" in k.asm and len(k.asm["cubin"]) > 0
 
 

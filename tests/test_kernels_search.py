@@ -21,6 +21,9 @@ from unshuffle import moves as mv  # noqa: E402
 from unshuffle import reference  # noqa: E402
 from unshuffle.kernels import search as ks  # noqa: E402
 from unshuffle.kernels.scoring import triton_available  # noqa: E402
+from unshuffle.testing import deep_scales, random_net  # noqa: E402
+
+from conftest import compile_for_sm90  # noqa: E402
 
 COMPILED, _WHY = triton_available()
 DEVICE = "cuda" if COMPILED else "cpu"
@@ -28,26 +31,15 @@ RTOL = 2e-5
 ALL_KINDS = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("few_threads")  # (conftest)
 
 
 def make_net(N, d, h, k, R, seed):
     """Random pieces scaled to keep activations O(1), rows and target (CPU tensors)."""
     g = torch.Generator().manual_seed(seed)
-    W_in = torch.randn(N, h, d, generator=g) / d**0.5
-    b_in = torch.randn(N, h, generator=g) * 0.1
-    W_out = torch.randn(N, d, h, generator=g) * (0.5 / h**0.5) / max(N, 1) ** 0.5
-    b_out = torch.randn(N, d, generator=g) * 0.05
-    W_last = torch.randn(k, d, generator=g) / d**0.5
-    b_last = torch.randn(k, generator=g) * 0.1
-    X = torch.randn(R, d, generator=g)
-    target = torch.randn(R, k, generator=g)
-    return X, target, (W_in, b_in, W_out, b_out, W_last, b_last), g
+    net = random_net(n=N, d=d, h=h, k=k, rows=R, **deep_scales(N), target="random", generator=g)
+    t = net.tensors()
+    return t["X"], t["target"], tuple(t[n] for n in ("W_in", "b_in", "W_out", "b_out", "W_last", "b_last")), g
 
 
 def setup_searches(net, orders, block_h=None):
@@ -230,25 +222,11 @@ def test_pick_block_r():
 def test_compiles_for_sm90_without_a_gpu(prec, store):
     """Lower the compiled kernel to an sm_90 cubin (no device needed): catches what only the real compiler
     sees, for every precision and both modes."""
-    triton = pytest.importorskip("triton")
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"triton compiler API not available: {exc}")
     fn = ks._get_kernel(interpret=False)
     types = ["*fp32", "*i32", "*i32", "*i32"] + ["*fp32"] * 7 + ["*fp64"] + ["i32"] * 5
     consts = dict(BLOCK_R=64, D_PAD=64, BLOCK_H=32, H_CEIL=96, K_PAD=16, PREC=prec, PREC_STR=ks._PREC_STR[prec],
                   EMULATE=False, STORE=store)
-    sig = dict(zip(fn.arg_names, types + ["constexpr"] * len(consts)))
-    constexprs = {(fn.arg_names.index(n),): v for n, v in consts.items()}
-    try:
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    except Exception as exc:  # only a missing toolchain is a skip; a compile error is a failure
-        if "ptxas" in str(exc).lower() and "not found" in str(exc).lower():
-            pytest.skip(f"no ptxas: {exc}")
-        raise
+    k = compile_for_sm90(fn, types, consts)
     assert "cubin" in k.asm and len(k.asm["cubin"]) > 0
 
 

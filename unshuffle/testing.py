@@ -69,14 +69,22 @@ def _draw(g, n, d, h, k, rows, n_out, w_in, b_in, w_out, b_out, w_last, b_last, 
     return RandomNet(*arrays, order_in=order_in, order_out=order_out)
 
 
+def deep_scales(n: int) -> Dict[str, float]:
+    """``random_net`` scales for deep nets (the kernel tests and benchmarks): W_out shrinks as 1/sqrt(n), so
+    activations stay O(1) through n blocks and float32 error stays comparable across depths."""
+    return dict(w_in=1.0, b_in=0.1, w_out=0.5 / max(n, 1) ** 0.5, b_out=0.05, w_last=1.0, b_last=0.1)
+
+
 def random_net(seed: int = 0, n: int = 6, d: int = 8, h: int = 12, k: int = 1, rows: int = 64, *,
                n_out: int = None, w_in: float = 0.4, b_in: float = 0.1, w_out: float = 0.4, b_out: float = 0.1,
-               w_last: float = 1.0, b_last: float = 0.1, target: str = "forward") -> RandomNet:
+               w_last: float = 1.0, b_last: float = 0.1, target: str = "forward",
+               generator: "torch.Generator" = None) -> RandomNet:
     """A random residual net: n inp pieces, ``n_out`` (default n) out pieces, a random order of n blocks.
 
     W_in ~ w_in N(0,1)/sqrt(d), W_out ~ w_out N(0,1)/sqrt(h), W_last ~ w_last N(0,1)/sqrt(d), biases b_* N(0,1),
-    X ~ N(0,1). ``target``: 'forward' (the order's float32 outputs) or 'random' (N(0,1))."""
-    g = torch.Generator().manual_seed(seed)
+    X ~ N(0,1). ``target``: 'forward' (the order's float32 outputs) or 'random' (N(0,1)). ``generator``: draw
+    from it instead of a fresh one seeded with ``seed`` (the caller goes on drawing from it afterwards)."""
+    g = torch.Generator().manual_seed(seed) if generator is None else generator
     return _draw(g, n, d, h, k, rows, n if n_out is None else n_out, w_in, b_in, w_out, b_out, w_last, b_last,
                  target)
 
@@ -94,3 +102,16 @@ def random_puzzle(seed: int = 0, n: int = 6, d: int = 8, h: int = 12, k: int = 1
     pz = Puzzle(inp_ids=ids[:n], out_ids=ids[n: 2 * n], last_id=ids[2 * n], W_in=net.W_in, b_in=net.b_in,
                 W_out=net.W_out, b_out=net.b_out, W_last=net.W_last, b_last=net.b_last, X=net.X, pred=net.target)
     return pz, net.order_in, net.order_out
+
+
+def random_candidates(rng: np.random.Generator, K: int, L: int, P: int, Ni: int, No: int):
+    """K scoring candidates (the core's contract): starts uniform in [0, P), block sequences of random length
+    0..L with random (in, out) pieces (repeats allowed), padded with -1. Returns (starts, seq_in, seq_out) int64."""
+    starts = rng.integers(0, P, size=K).astype(np.int64)
+    seq_in = np.full((K, L), -1, np.int64)
+    seq_out = np.full((K, L), -1, np.int64)
+    for c in range(K):
+        n = int(rng.integers(0, L + 1))
+        seq_in[c, :n] = rng.integers(0, Ni, size=n)
+        seq_out[c, :n] = rng.integers(0, No, size=n)
+    return starts, seq_in, seq_out

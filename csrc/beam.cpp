@@ -378,24 +378,45 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
     const int64_t K = static_cast<int64_t>(cands.size());
     if (K == 0) break;  // the allowed table leaves no pairing for some block: stop with what exists
     losses.assign(static_cast<std::size_t>(K), 0.0);
-    std::atomic<bool> halted{false};
-#pragma omp parallel num_threads(nt) if (nt > 1 && K > 1)
-    {
-      RowApplier ap(net);
-      Probe probe(d, k, P.features, P.ridge);
-      std::vector<float> y(static_cast<std::size_t>(R * d));
+    // Screening: a cheap pass on the first S rows (the caller's rows are a random draw, so any prefix of them is
+    // one too), then the full probe for the M best of it only.
+    const int64_t M = std::max<int64_t>(P.screen_keep, std::max<int64_t>(P.width, 1));
+    const bool screen = P.screen_rows > 0 && P.screen_rows < R && K > M;
+    const int64_t S = screen ? P.screen_rows : R;  // rows of the first pass
+    auto score = [&](const std::vector<int64_t>* which, int64_t n, int64_t rows, std::atomic<bool>& halted) {
+#pragma omp parallel num_threads(nt) if (nt > 1 && n > 1)
+      {
+        RowApplier ap(net);
+        Probe probe(d, k, P.features, P.ridge);
+        std::vector<float> y(static_cast<std::size_t>(rows * d));
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < K; ++c) {
-        if (halted.load(std::memory_order_relaxed)) continue;
-        if (stop.should_stop()) {
-          halted.store(true, std::memory_order_relaxed);
-          continue;
+        for (int64_t t = 0; t < n; ++t) {
+          if (halted.load(std::memory_order_relaxed)) continue;
+          if (stop.should_stop()) {
+            halted.store(true, std::memory_order_relaxed);
+            continue;
+          }
+          const int64_t c = which ? (*which)[t] : t;
+          ap.apply(cands[c].a, cands[c].b, states[cands[c].s].x.data(), y.data(), rows);
+          losses[c] = probe.sse(y.data(), rows, target) / (static_cast<double>(rows) * static_cast<double>(k));
         }
-        ap.apply(cands[c].a, cands[c].b, states[cands[c].s].x.data(), y.data(), R);
-        losses[c] = probe.sse(y.data(), R, target) / nvals;
       }
-    }
+    };
+    std::atomic<bool> halted{false};
+    score(nullptr, K, S, halted);
     res.candidates += K;
+    if (screen && !halted.load()) {
+      idx.resize(static_cast<std::size_t>(K));
+      std::iota(idx.begin(), idx.end(), 0);
+      std::partial_sort(idx.begin(), idx.begin() + M, idx.end(), [&](int64_t u, int64_t v) {
+        const double lu = std::isnan(losses[u]) ? INFINITY : losses[u], lv = std::isnan(losses[v]) ? INFINITY : losses[v];
+        return lu < lv || (lu == lv && u < v);
+      });
+      std::vector<int64_t> top(idx.begin(), idx.begin() + M);
+      for (int64_t t = M; t < K; ++t) losses[idx[t]] = INFINITY;  // screened out
+      score(&top, M, R, halted);
+      res.rescored += M;
+    }
     if (halted.load()) {  // a stop returns no orders (and no losses: n_final is 0)
       const char* why = stop.reason();
       res.stopped = why ? why : "interrupted";
@@ -569,7 +590,6 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       nprobes.fetch_add(local_probes);
     }
     res.probes += nprobes.load();
-    res.candidates += K;
     if (halted.load()) {
       const char* why = stop.reason();
       res.stopped = why ? why : "interrupted";

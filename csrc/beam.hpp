@@ -48,6 +48,10 @@ struct BeamParams {
   int features = kProbeQuadratic;    // ProbeFeatures
   double ridge = 1e-10;
   int n_threads = 0;                 // 0 = OpenMP default
+  // Screening (0 = off): score every candidate on the first screen_rows rows, then only the
+  // max(screen_keep, width) best of those on all rows; the kept states are chosen by the all-rows loss.
+  int64_t screen_rows = 0;
+  int64_t screen_keep = 0;
 };
 
 struct BeamResult {
@@ -56,6 +60,7 @@ struct BeamResult {
   std::vector<double> losses;                  // (n_final,) probe SSE / (R k) of each final state
   std::vector<double> best_path;               // (steps,) best probe loss at each depth from P0 + 1
   int64_t candidates = 0;                      // prefixes scored
+  int64_t rescored = 0;                        // of those, re-scored on all rows after screening
   std::string stopped;                         // done | interrupted | time_limit
 };
 

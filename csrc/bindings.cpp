@@ -394,7 +394,7 @@ double probe_sse_py(py::array x, py::array target, const std::string& features, 
 py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
                        py::array b_out, py::array allowed, py::object prefix_in, py::object prefix_out, int64_t width,
                        const std::string& features, double ridge, int n_threads, const StopFlag* stop,
-                       py::object time_limit_s) {
+                       py::object time_limit_s, int64_t screen_rows, int64_t screen_keep) {
   const std::string fn = "probe_beam";
   auto xs = check(X, fn, "X", true, 2, "(R, d)");
   const int64_t R = xs[0], d = xs[1];
@@ -413,6 +413,8 @@ py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array 
                    " is out of range [-1, " + std::to_string(s.No) + ")");
   if (s.No < s.Ni) fail(fn, "W_out has fewer pieces than W_in: every block needs one");
   if (width < 1) fail(fn, "width must be >= 1, got " + std::to_string(width));
+  if (screen_rows < 0) fail(fn, "screen_rows must be >= 0 (0: no screening), got " + std::to_string(screen_rows));
+  if (screen_keep < 0) fail(fn, "screen_keep must be >= 0, got " + std::to_string(screen_keep));
   if (!(ridge >= 0)) fail(fn, "ridge must be >= 0");
   check_threads(fn, n_threads);
   std::vector<int64_t> pin, pout;
@@ -430,6 +432,7 @@ py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array 
   }
   BeamParams p;
   p.width = width, p.features = parse_features(fn, features), p.ridge = ridge, p.n_threads = n_threads;
+  p.screen_rows = screen_rows, p.screen_keep = screen_keep;
   const double tl = parse_time_limit(fn, time_limit_s);
   BeamResult r;
   {
@@ -447,6 +450,7 @@ py::dict probe_beam_py(py::array X, py::array target, py::array W_in, py::array 
   out["losses"] = to_array(r.losses, {F});
   out["best_path"] = to_array(r.best_path, {static_cast<py::ssize_t>(r.best_path.size())});
   out["candidates"] = r.candidates;
+  out["rescored"] = r.rescored;
   out["stopped"] = r.stopped;
   return out;
 }
@@ -725,11 +729,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("W_out"), py::arg("b_out"), py::arg("allowed"), py::arg("prefix_in") = py::none(),
         py::arg("prefix_out") = py::none(), py::arg("width") = 16, py::arg("features") = "quadratic",
         py::arg("ridge") = 1e-10, py::arg("n_threads") = 0, py::arg("stop") = nullptr,
-        py::arg("time_limit_s") = py::none(),
+        py::arg("time_limit_s") = py::none(), py::arg("screen_rows") = 0, py::arg("screen_keep") = 0,
         "Probe beam search (unshuffle.beam): orders every W_in piece front to back, keeping the `width`\n"
         "prefixes whose activations give the best least-squares readout of target. allowed (Ni, m) int64:\n"
         "out pieces each in piece may pair with (-1 = none). Returns dict(orders_in (F, N), orders_out,\n"
-        "losses (F,), best_path, candidates, stopped in {done, interrupted, time_limit}); F = 0 if stopped.");
+        "losses (F,), best_path, candidates, rescored, stopped in {done, interrupted, time_limit}); F = 0 if\n"
+        "stopped. screen_rows > 0: each depth scores every candidate on the first screen_rows rows, then the\n"
+        "max(screen_keep, width) best of those on all rows, and keeps the width best by the all-rows loss.");
   m.def("forward_f32", &forward_f32_py, py::arg("X"), py::arg("order_in"), py::arg("order_out"), py::arg("W_in"),
         py::arg("b_in"), py::arg("W_out"), py::arg("b_out"), py::arg("W_last"), py::arg("b_last"),
         py::arg("n_threads") = 0,

@@ -80,6 +80,42 @@ def test_probe_beam_matches_reference(seed, width):
     np.testing.assert_allclose(out.losses, rl, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed,width,screen_rows,screen_keep", [
+    (0, 2, 40, 3),    # screened: M = 3 of up to 2 x 8 candidates per depth
+    (1, 1, 24, 0),    # M = width = 1; 24 rows (just above the 17 quadratic features)
+    (2, 3, 80, 12),   # M >= every depth's candidate count after the first few: the same as no screening
+    (3, 2, 159, 2),   # one row short of all
+    (4, 2, 160, 2),   # screen_rows = R: off
+])
+def test_probe_beam_screening_matches_reference(seed, width, screen_rows, screen_keep):
+    X, target, w, ti, to = net(seed, N=8)
+    allowed = bm.allowed_table([int(b) for _, b in sorted(zip(ti, to))])
+    out = bm.probe_beam(X, target, w, allowed, width=width, screen_rows=screen_rows, screen_keep=screen_keep)
+    ri, ro, rl = bm.probe_beam_reference(X, target, *w, allowed, width=width, screen_rows=screen_rows,
+                                         screen_keep=screen_keep)
+    assert out.stopped == "done"
+    assert [o[0] for o in out.orders] == ri and [o[1] for o in out.orders] == ro
+    # the kept states' losses are all-rows losses, whatever screened them
+    np.testing.assert_allclose(out.losses, rl, rtol=1e-5, atol=1e-9)
+    for (oi, oo), l in zip(out.orders, out.losses):
+        x = X
+        for a, b in zip(oi, oo):
+            x = bm._block(x, *w, a, b)
+        assert l == pytest.approx(bm.probe_sse_reference(x, target) / target.size, rel=1e-4, abs=1e-9)
+
+
+def test_probe_beam_screening_changes_the_search_and_counts_rescored():
+    X, target, w, ti, to = net(5, N=8)
+    allowed = bm.allowed_table([int(b) for _, b in sorted(zip(ti, to))])
+    r = _core.probe_beam(X, target, *w, allowed, width=2, screen_rows=30, screen_keep=4)
+    full = _core.probe_beam(X, target, *w, allowed, width=2)
+    assert r["candidates"] == full["candidates"]  # every candidate is screened
+    # depths with more than M = 4 candidates re-score 4 on all rows; the last depths (<= 4 candidates) none
+    per_depth = [2 * (8 - p) if p else 8 for p in range(8)]
+    assert r["rescored"] == sum(4 for K in per_depth if K > 4)
+    assert full["rescored"] == 0
+
+
 def test_probe_beam_joint_pairing_and_prefix():
     X, target, w, ti, to = net(7, N=5)
     rng = np.random.default_rng(0)
@@ -171,6 +207,10 @@ def test_validation_errors_name_the_argument():
     with pytest.raises(ValueError, match="prefix_in repeats piece 1"):
         _core.probe_beam(X, target, *w, np.arange(4, dtype=np.int64).reshape(4, 1),
                          prefix_in=np.asarray([1, 1], np.int64), prefix_out=np.asarray([0, 2], np.int64))
+    with pytest.raises(ValueError, match="screen_rows must be >= 0"):
+        _core.probe_beam(X, target, *w, np.arange(4, dtype=np.int64).reshape(4, 1), screen_rows=-1)
+    with pytest.raises(ValueError, match="screen_keep must be >= 0"):
+        _core.probe_beam(X, target, *w, np.arange(4, dtype=np.int64).reshape(4, 1), screen_keep=-2)
     with pytest.raises(ValueError, match="features must be 'linear' or 'quadratic'"):
         _core.probe_sse(X, target, "cubic")
     with pytest.raises(ValueError, match="first must be >= 0"):

@@ -135,3 +135,39 @@ def test_extra_scores_computed_once_per_puzzle_and_again_when_an_array_changes()
     assert c["data_fo"] is not a["data_fo"]
     np.testing.assert_allclose(c["data_fo"], 2.0 * a["data_fo"], rtol=1e-4)
     np.testing.assert_array_equal(c["unitnorm"], a["unitnorm"])
+
+
+def test_chaotic_seeds_keep_the_weight_pairing_without_trying_data_fo(monkeypatch, generated):
+    """_choose_pairing: where the fused pairing's seeds explode (a chaotic net), their MSEs say nothing about
+    the pairing, so data_fo is not even computed; on a net whose seeds fit, the seed MSEs decide."""
+    import unshuffle.solver as sv
+
+    g, pz = generated
+    first = pair(pz, "fused")
+    var = float(pz.arrays.pred.var(axis=0).mean())
+    calls = []
+
+    class Seeds:
+        def __init__(self, mse):
+            self.seed_mse = mse
+
+    def fake_order(puzzle, pr, **kw):
+        calls.append(pr.method)
+        # fused: explosive (median 1e3 var) but with a best seed that looks worse than data_fo's
+        return Seeds({"a": 2.0 * var, "b": 1e3 * var, "c": 1e4 * var} if pr.method != "data_fo" else {"a": var})
+
+    monkeypatch.setattr(sv, "order", fake_order)
+    real_pair = sv.pair
+    monkeypatch.setattr(sv, "pair", lambda p, m="auto", **kw: calls.append(m) or real_pair(p, m, **kw))
+    assert sv._choose_pairing(pz, first, 0, sv.CancelToken(None)) is first
+    assert "data_fo" not in calls
+    # the same seeds below the threshold: the comparison runs and the better fit (data_fo's) wins, unless the
+    # two pairings agree (then the first is kept)
+    calls.clear()
+    monkeypatch.setattr(sv, "EXPLOSIVE_SEEDS", 1e5)
+    got = sv._choose_pairing(pz, first, 0, sv.CancelToken(None))
+    assert "data_fo" in calls
+    if real_pair(pz, "data_fo").out_of != first.out_of:
+        assert got.method == "data_fo"
+    else:
+        assert got is first

@@ -103,12 +103,18 @@ def _pairable(allowed, used_in, used_out) -> bool:
     return all(aug(a, set()) for a in range(len(allowed)) if a not in used_in)
 
 
+def _nan_last(v: float) -> float:
+    return float("inf") if np.isnan(v) else v
+
+
 def probe_beam_reference(X, target, W_in, b_in, W_out, b_out, allowed, width: int = 16,
-                         features: str = "quadratic", prefix=None):
+                         features: str = "quadratic", prefix=None, screen_rows: int = 0, screen_keep: int = 0):
     """The probe beam in plain numpy (float64 lstsq probes): same candidate enumeration (state, then in piece,
     then allowed column), tie rule (lower candidate index) and, with more than one allowed column, the same
-    rule that a candidate must leave the unused pieces pairable. Returns (orders_in, orders_out, losses) of
-    the final states, best first."""
+    rule that a candidate must leave the unused pieces pairable. ``screen_rows`` > 0 (fewer than the rows):
+    a depth with more than M = max(``screen_keep``, ``width``) candidates scores them all on the first
+    ``screen_rows`` rows and only the M best of those (ties: lower index) on all rows. Returns (orders_in,
+    orders_out, losses) of the final states, best first."""
     X = np.asarray(X, np.float32)
     target = np.asarray(target, np.float32)
     N = W_in.shape[0]
@@ -131,8 +137,16 @@ def probe_beam_reference(X, target, W_in, b_in, W_out, b_out, allowed, width: in
                     if b >= 0 and b not in so and (allowed.shape[1] == 1 or
                                                    _pairable(allowed, set(si) | {a}, set(so) | {int(b)})):
                         y = _block(xs, W_in, b_in, W_out, b_out, a, int(b))
-                        cands.append((probe_sse_reference(y, target, features) / nvals, len(cands), s, a, int(b), y))
-        cands.sort(key=lambda c: (c[0], c[1]))
+                        cands.append((None, len(cands), s, a, int(b), y))
+        S, M = screen_rows, max(screen_keep, width, 1)
+        if 0 < S < len(target) and len(cands) > M:
+            k = target.shape[1] if target.ndim > 1 else 1
+            cheap = [probe_sse_reference(c[5][:S], target[:S], features) / (S * k) for c in cands]
+            top = sorted(range(len(cands)), key=lambda i: (_nan_last(cheap[i]), i))[:M]
+        else:
+            top = range(len(cands))
+        cands = [(probe_sse_reference(cands[i][5], target, features) / nvals,) + cands[i][1:] for i in top]
+        cands.sort(key=lambda c: (_nan_last(c[0]), c[1]))
         kept = cands[: max(1, width)]
         states = [(states[s][0] + [a], states[s][1] + [b], y) for (_, _, s, a, b, y) in kept]
         losses = [c[0] for c in kept]
@@ -233,9 +247,12 @@ def _f32(a):
 
 
 def probe_beam(X, target, weights, allowed, width: int = 16, features: str = "quadratic", prefix=None,
-               token: Optional[CancelToken] = None, n_threads: int = 0) -> BeamOutcome:
+               token: Optional[CancelToken] = None, n_threads: int = 0, screen_rows: int = 0,
+               screen_keep: int = 0) -> BeamOutcome:
     """The probe beam in the C++ core. ``weights`` = (W_in, b_in, W_out, b_out, ...) numpy arrays; ``allowed``
-    from ``allowed_table``; ``prefix`` [(a, b), ...] fixed first blocks. Stops on ``token``."""
+    from ``allowed_table``; ``prefix`` [(a, b), ...] fixed first blocks. Stops on ``token``. ``screen_rows``
+    > 0 scores each depth's candidates on that many rows first and only the max(``screen_keep``, ``width``)
+    best of them on all rows (see ``probe_beam_reference``; docs/ORDERING.md section 2)."""
     from . import _core
 
     W_in, b_in, W_out, b_out = (_f32(w) for w in weights[:4])
@@ -246,7 +263,8 @@ def probe_beam(X, target, weights, allowed, width: int = 16, features: str = "qu
     if token is not None:
         kw.update(stop=token.core_flag(), time_limit_s=token.core_time_limit())
     r = _core.probe_beam(_f32(X), _f32(target), W_in, b_in, W_out, b_out, np.ascontiguousarray(allowed, np.int64),
-                         width=int(width), features=features, n_threads=n_threads, **kw)
+                         width=int(width), features=features, n_threads=n_threads, screen_rows=int(screen_rows),
+                         screen_keep=int(screen_keep), **kw)
     orders = [(list(map(int, a)), list(map(int, b))) for a, b in zip(r["orders_in"], r["orders_out"])]
     return BeamOutcome(orders, [float(v) for v in r["losses"]], [float(v) for v in r["best_path"]],
                        int(r["candidates"]), str(r["stopped"]))

@@ -205,6 +205,7 @@ def order(
     strategy: str = "auto",
     probe_rows: int = 2000,
     beam_width: int = 16,
+    beam_screen: Optional[int] = None,
 ) -> OrderResult:
     """Find the execution order of the paired blocks.
 
@@ -229,7 +230,9 @@ def order(
     path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
     show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
     then wider beams while time is left (tame networks also get the re-pairing "refit" stage); "seeds" returns
-    the best seed without any search. The probe stages need the C++ core."""
+    the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
+    quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 8 x width best of them
+    are probed on all rows."""
     timings: Dict[str, float] = {}
     if token is None:
         token = CancelToken(time_limit)
@@ -396,8 +399,9 @@ def order(
                 best = min(best, res.loss)
                 o_in, o_out = list(res.order_in), list(res.order_out)
 
-    def probe_stage(tok, width, joint):
-        """Probe beam -> path search over a growing suffix -> output-loss polish (docs/ORDERING.md)."""
+    def probe_stage(tok, width, joint, path=True):
+        """Probe beam -> output-loss polish -> (``path``) path search over a growing suffix -> polish
+        (docs/ORDERING.md)."""
         from . import beam as bm
 
         if not _native.available():
@@ -414,21 +418,25 @@ def order(
         log.info("probe beam, width %d, %d rows%s", width, len(pidx), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
-        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok)
+        screen = len(pidx) // 4 if beam_screen is None else beam_screen
+        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen, screen_keep=8 * width)
         stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
         if not beam.orders:
             return
         cp = beam.common_prefix()
         # a short polish: a beam or path order is either within a few moves of the answer or far off, and the
         # output loss only guides the search near the answer
+        # Without the path search (the widening beams of a chaotic net) only the best beam order, for at most 10
+        # rounds: every exact beam solve on the reach grid came from the best order in 0-8 rounds, and a far
+        # order's polish (a full swap+insert round costs seconds at N=48) would eat the next, wider beam's time.
         polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 2),
-                      max_rounds=min(max_rounds, 60))
-        for rank, (o_in, o_out) in enumerate(beam.orders[:2]):
+                      max_rounds=min(max_rounds, 60 if path else 10))
+        for rank, (o_in, o_out) in enumerate(beam.orders[:2 if path else 1]):
             res = local(o_in, o_out, tok, **polish)
             consider(res, f"beam{width}#{rank}")
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
-            for first in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True):
+            for first in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True) if path else ():
                 if tok.reason() is not None:
                     return
                 log.info("path search from depth %d", first)
@@ -452,12 +460,14 @@ def order(
     elif strategy == "search" or not probe_ok:
         plan = ["search"]
     elif strategy == "probe":
-        plan = ["probe", "probe+", "probe++"]
+        plan = ["probe", "probe2", "probe4", "probe+", "probe++"]
     elif easy or not explosive:  # the output loss guides the search: it first, the re-pairing fit, then probes
         plan = ["search", "refit", "probe", "probe+", "probe++"]
-    else:  # the output loss explodes away from the answer: probe stages first, the search as a last resort
-        plan = ["probe", "probe+", "search", "probe++"]
-    widths = {"probe": beam_width, "probe+": 4 * beam_width, "probe++": 16 * beam_width}
+    else:  # the output loss explodes away from the answer: probe beams first, widening (each ends on its own),
+        # then the joint-pairing beams with the path search, the search as a last resort
+        plan = ["probe", "probe2", "probe4", "probe+", "search", "probe++"]
+    widths = {"probe": beam_width, "probe2": 2 * beam_width, "probe4": 4 * beam_width, "probe+": 4 * beam_width,
+              "probe++": 16 * beam_width}
     stage_times: Dict[str, float] = {}
     for i, stage in enumerate(plan):
         if exact() or token.reason() is not None:
@@ -465,10 +475,13 @@ def order(
         left = token.remaining()
         # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end);
         # the output-loss search, first on a tame network, gets 35% of what is left and the re-pairing fit 40% of
-        # the rest (the probe stages rarely help a tame network); the first probe stage on an exploding network
-        # gets 60% (the wider, joint-pairing ones are fallbacks). Set on the dev puzzles, not on the reach grid.
+        # the rest (the probe stages rarely help a tame network); on an exploding network the trusted-pairing
+        # beams (beam + short polish, no path search: they end on their own) may use all that is left, since a
+        # beam cut off returns nothing and the wider beam is the better bet than the path search (every exact
+        # chaotic solve on the reach grid came from a beam order; NOTES.md). Shares set on the dev puzzles; the
+        # widening was chosen after diagnosing two grid failures (fast/paper N=32 seed 9001).
         share = None if left is None else (left * 0.35 if stage == "search" and i == 0 else
-                                           left * 0.6 if stage == "probe" and i == 0 else
+                                           left if stage in ("probe", "probe2", "probe4") and explosive else
                                            left * 0.4 if stage == "refit" else
                                            left / (len(plan) - i))
         tok = token if share is None else token.limited(share)
@@ -478,7 +491,8 @@ def order(
         elif stage == "refit":
             refit_stage(tok)
         else:
-            probe_stage(tok, widths[stage], joint=stage != "probe")
+            probe_stage(tok, widths[stage], joint=stage in ("probe+", "probe++"),
+                        path=stage in ("probe+", "probe++") or not explosive)
         stage_times[stage] = stage_times.get(stage, 0.0) + time.perf_counter() - t0
         if state["stopped_by"] == TIME_LIMIT and token.reason() is None:
             state["stopped_by"] = None  # a stage's own share ran out: the next stage goes on

@@ -402,16 +402,18 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
         }
       }
     };
+    auto better = [&](int64_t u, int64_t v) {
+      // NaN (a blown-up prefix) sorts last; ties go to the lower candidate index
+      const double lu = std::isnan(losses[u]) ? INFINITY : losses[u], lv = std::isnan(losses[v]) ? INFINITY : losses[v];
+      return lu < lv || (lu == lv && u < v);
+    };
     std::atomic<bool> halted{false};
     score(nullptr, K, S, halted);
     res.candidates += K;
     if (screen && !halted.load()) {
       idx.resize(static_cast<std::size_t>(K));
       std::iota(idx.begin(), idx.end(), 0);
-      std::partial_sort(idx.begin(), idx.begin() + M, idx.end(), [&](int64_t u, int64_t v) {
-        const double lu = std::isnan(losses[u]) ? INFINITY : losses[u], lv = std::isnan(losses[v]) ? INFINITY : losses[v];
-        return lu < lv || (lu == lv && u < v);
-      });
+      std::partial_sort(idx.begin(), idx.begin() + M, idx.end(), better);
       std::vector<int64_t> top(idx.begin(), idx.begin() + M);
       for (int64_t t = M; t < K; ++t) losses[idx[t]] = INFINITY;  // screened out
       score(&top, M, R, halted);
@@ -426,11 +428,6 @@ BeamResult probe_beam(const PackedNet& net, const float* X, int64_t R, const flo
     idx.resize(static_cast<std::size_t>(K));
     std::iota(idx.begin(), idx.end(), 0);
     const int64_t keep = std::min<int64_t>(std::max<int64_t>(P.width, 1), K);
-    auto better = [&](int64_t u, int64_t v) {
-      // NaN (a blown-up prefix) sorts last; ties go to the lower candidate index
-      const double lu = std::isnan(losses[u]) ? INFINITY : losses[u], lv = std::isnan(losses[v]) ? INFINITY : losses[v];
-      return lu < lv || (lu == lv && u < v);
-    };
     std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), better);
     res.best_path.push_back(losses[idx[0]]);
     std::vector<State> next(static_cast<std::size_t>(keep));

@@ -105,6 +105,30 @@ void check_head(const std::string& fn, int64_t R, int64_t d, const py::array& W_
   expect_shape(fn, "target", target, {R, k}, "(R, k): one row per input row, k from W_last");
 }
 
+// starts (K,), seq_in and seq_out (K, L) of a batch of candidates: their shapes, as {K, L}
+std::pair<int64_t, int64_t> candidate_shape(const std::string& fn, const py::array& starts, const py::array& seq_in,
+                                            const py::array& seq_out) {
+  auto st = check(starts, fn, "starts", false, 1, "(K,)");
+  const int64_t K = st[0];
+  auto sq = check(seq_in, fn, "seq_in", false, 2, "(K, L)");
+  expect_shape(fn, "seq_in", seq_in, {K, sq[1]}, "(K, L) with K from starts");
+  const int64_t L = sq[1];
+  check(seq_out, fn, "seq_out", false, 2, "(K, L)");
+  expect_shape(fn, "seq_out", seq_out, {K, L}, "(K, L): the same shape as seq_in");
+  return {K, L};
+}
+
+// their values: starts in [0, P), pieces in range, naming the first bad entry
+void check_candidate_values(const std::string& fn, const py::array& starts, const py::array& seq_in,
+                            const py::array& seq_out, int64_t K, int64_t L, int64_t P, int64_t Ni, int64_t No) {
+  const IndexError e = check_candidates(ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, P,
+                                        Ni, No);
+  if (!e.ok) {
+    std::string where = e.arg + "[" + std::to_string(e.row) + (e.col >= 0 ? ", " + std::to_string(e.col) : "") + "]";
+    fail(fn, where + " = " + std::to_string(e.value) + " " + e.what);
+  }
+}
+
 void check_order(const std::string& fn, const py::array& order_in, const py::array& order_out, int64_t Ni,
                  int64_t No, bool check_range) {
   auto n = check(order_in, fn, "order_in", false, 1, "(N,)");
@@ -186,22 +210,11 @@ py::array_t<double> score_candidates_py(py::array prefix, py::array starts, py::
   auto ps = check(prefix, fn, "prefix", true, 3, "(P, R, d)");
   const int64_t P = ps[0], R = ps[1], d = ps[2];
   if (P < 1) fail(fn, "prefix must hold at least one position (P >= 1), got shape " + shape_str(prefix));
-  auto st = check(starts, fn, "starts", false, 1, "(K,)");
-  const int64_t K = st[0];
-  auto sq = check(seq_in, fn, "seq_in", false, 2, "(K, L)");
-  expect_shape(fn, "seq_in", seq_in, {K, sq[1]}, "(K, L) with K from starts");
-  const int64_t L = sq[1];
-  check(seq_out, fn, "seq_out", false, 2, "(K, L)");
-  expect_shape(fn, "seq_out", seq_out, {K, L}, "(K, L): the same shape as seq_in");
+  const auto [K, L] = candidate_shape(fn, starts, seq_in, seq_out);
   const Stacks s = check_stacks(fn, d, "prefix", W_in, b_in, W_out, b_out);
   check_head(fn, R, d, W_last, b_last, target);
   check_threads(fn, n_threads);
-  const IndexError e = check_candidates(ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, P,
-                                        s.Ni, s.No);
-  if (!e.ok) {
-    std::string where = e.arg + "[" + std::to_string(e.row) + (e.col >= 0 ? ", " + std::to_string(e.col) : "") + "]";
-    fail(fn, where + " = " + std::to_string(e.value) + " " + e.what);
-  }
+  check_candidate_values(fn, starts, seq_in, seq_out, K, L, P, s.Ni, s.No);
   py::array_t<double> out(K);
   double* o = out.mutable_data();
   const Head head{ptr<float>(W_last), ptr<float>(b_last), ptr<float>(target), static_cast<int64_t>(W_last.shape(0))};
@@ -232,21 +245,10 @@ py::tuple branch_errors_py(py::array X, py::array order_in, py::array order_out,
   check_head(fn, R, d, W_last, b_last, target);
   check_order(fn, order_in, order_out, s.Ni, s.No, true);
   const int64_t N = order_in.shape(0);
-  auto st = check(starts, fn, "starts", false, 1, "(K,)");
-  const int64_t K = st[0];
-  auto sq = check(seq_in, fn, "seq_in", false, 2, "(K, L)");
-  expect_shape(fn, "seq_in", seq_in, {K, sq[1]}, "(K, L) with K from starts");
-  const int64_t L = sq[1];
-  check(seq_out, fn, "seq_out", false, 2, "(K, L)");
-  expect_shape(fn, "seq_out", seq_out, {K, L}, "(K, L): the same shape as seq_in");
+  const auto [K, L] = candidate_shape(fn, starts, seq_in, seq_out);
   check_threads(fn, n_threads);
   // starts index the base order's N + 1 prefixes
-  const IndexError e = check_candidates(ptr<int64_t>(starts), ptr<int64_t>(seq_in), ptr<int64_t>(seq_out), K, L, N + 1,
-                                        s.Ni, s.No);
-  if (!e.ok) {
-    std::string where = e.arg + "[" + std::to_string(e.row) + (e.col >= 0 ? ", " + std::to_string(e.col) : "") + "]";
-    fail(fn, where + " = " + std::to_string(e.value) + " " + e.what);
-  }
+  check_candidate_values(fn, starts, seq_in, seq_out, K, L, N + 1, s.Ni, s.No);
   py::array_t<double> max_abs(K), sse(K);
   double* pm = max_abs.mutable_data();
   double* ps = sse.mutable_data();

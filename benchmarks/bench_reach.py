@@ -617,10 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def apply_threads(threads: Optional[int]) -> None:
+    """``--threads``: OMP_NUM_THREADS for the C++ core (only effective before the core is first loaded)."""
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # only effective before the core is first loaded
+    apply_threads(args.threads)
     from unshuffle.generate import REGIMES
 
     q = QUICK if args.quick else {}

@@ -301,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # only effective before the core is first loaded
+    br.apply_threads(args.threads)
     from unshuffle.safeio import atomic_write_text
 
     kinds = [k for k in args.kinds.split(",") if k]

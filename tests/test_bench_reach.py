@@ -1,5 +1,6 @@
-"""benchmarks/bench_reach.py and benchmarks/landscape.py on one tiny cell (N=4, d=8, h=16, 300 rows): the
-distances, the JSONL/JSON/table/plot writing, --resume, and the landscape runs. No timing assertions."""
+"""benchmarks/bench_reach.py, benchmarks/landscape.py and benchmarks/bench_beam.py on one tiny cell (N=4, d=8,
+h=16, 300 rows): the distances, the JSONL/JSON/table/plot writing, --resume, the landscape runs and the beam
+comparison. No timing assertions."""
 from __future__ import annotations
 
 import itertools
@@ -12,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_reach as br  # noqa: E402
+import bench_beam as bb  # noqa: E402
 import landscape as ls  # noqa: E402
 
 from unshuffle import native  # noqa: E402
@@ -137,3 +139,26 @@ def test_landscape_runs_and_start_file(tiny_run, tmp_path):
     assert ls.parse_schedule("adjacent/swap+insert")[1] == [[0], [1, 2]]
     with pytest.raises(ValueError):
         ls.parse_schedule("adjacent/teleport")
+
+
+def test_bench_beam_compares_full_and_screened_on_the_cached_puzzle(tiny_run, tmp_path):
+    root, _ = tiny_run
+    cache = root / "cache"
+    folder = next(p for p in cache.iterdir() if (p / "answer.json").is_file())
+    recs = bb.compare(folder, widths=[1, 2], screen_rows=100, keep=2)
+    assert [r["width"] for r in recs] == [1, 2]
+    for r in recs:
+        f, s = r["full"], r["screened"]
+        assert f["candidates"] == s["candidates"] > 0  # screening probes every candidate, on fewer rows
+        assert r["speedup"] == pytest.approx(f["seconds"] / s["seconds"])
+        assert f["best_kendall"] >= 0 and isinstance(r["same_best_order"], bool)
+        assert "order" not in f and "order" not in s
+    # keep x width covering every candidate of every depth: screening changes nothing
+    wide = bb.compare(folder, widths=[2], screen_rows=100, keep=1000)[0]
+    assert wide["same_best_order"] and wide["full"]["best_loss"] == pytest.approx(wide["screened"]["best_loss"])
+    # the script: table and JSON, atomically written
+    assert bb.main(["--blocks", "4", "--dim", "8", "--hidden", "16", "--regimes", "fast", "--seeds", "7",
+                    "--rows", "300", "--widths", "2", "--screen-rows", "100", "--cache", str(cache), "--out", str(tmp_path),
+                    "--name", "tinybeam", "--threads", "1"]) == 0
+    doc = json.loads((tmp_path / "tinybeam.json").read_text())
+    assert len(doc["records"]) == 1 and doc["records"][0]["width"] == 2

@@ -7,7 +7,7 @@ in beam quality (same best order? exact?) and what it saves in time, as a ratio.
 
     python benchmarks/bench_beam.py                          # fast/paper N=32 seeds 9001-9003, widths 16,32
     python benchmarks/bench_beam.py --blocks 48 --seeds 9001 --widths 16
-    python benchmarks/bench_beam.py --quick                  # one N=16 puzzle, width 8 (about a minute)
+    python benchmarks/bench_beam.py --quick                  # one N=16 puzzle, width 8 (seconds)
 
 Puzzles come from (and are generated into) bench_reach's cache. Writes ``results/<name>.json``.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_reach as br  # noqa: E402  (puzzle cache, answer mapping, distances)
 
 
-def compare(folder: Path, widths: Sequence[int], screen_rows: int = 500, keep: int = 8,
+def compare(folder: Path, widths: Sequence[int], screen_rows: int = 500, keep: int = 16,
             probe_rows: int = 2000) -> List[dict]:
     """One record per width: the full and the screened beam on ``folder`` (a puzzle with answer.json)."""
     import numpy as np
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rows", type=int, default=2000, help="rows of data per puzzle (default 2000, the generator's)")
     ap.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32])
     ap.add_argument("--screen-rows", type=int, default=500, help="rows of the screening pass (default 500)")
-    ap.add_argument("--keep", type=int, default=8, help="re-probed on all rows: keep x width (default 8)")
+    ap.add_argument("--keep", type=int, default=16,
+                    help="re-probed on all rows: keep x width (default 16, the solver's)")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the C++ core")
     ap.add_argument("--cache", type=Path, default=br.DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=br.DEFAULT_OUT)

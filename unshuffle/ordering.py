@@ -231,7 +231,7 @@ def order(
     show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
     then wider beams while time is left (tame networks also get the re-pairing "refit" stage); "seeds" returns
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
-    quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 8 x width best of them
+    quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
     are probed on all rows."""
     timings: Dict[str, float] = {}
     if token is None:
@@ -419,7 +419,7 @@ def order(
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
         screen = len(pidx) // 4 if beam_screen is None else beam_screen
-        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen, screen_keep=8 * width)
+        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen, screen_keep=16 * width)
         stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
         if not beam.orders:
             return

@@ -171,3 +171,28 @@ def test_chaotic_seeds_keep_the_weight_pairing_without_trying_data_fo(monkeypatc
         assert got.method == "data_fo"
     else:
         assert got is first
+
+
+@pytest.mark.parametrize("ratio,switch", [(0.5, True), (0.79, True), (0.81, False), (0.95, False), (1.2, False)])
+def test_data_fo_replaces_the_weight_pairing_only_with_a_clear_margin(monkeypatch, ratio, switch):
+    """_choose_pairing: data_fo must fit the seeds DATA_FO_MARGIN (0.8) times better than the weight pairing.
+    A near tie is noise: on wd N=32 seed 7001 fused was right and data_fo, with 5 pairs wrong, won at 0.89."""
+    import unshuffle.solver as sv
+    from unshuffle.testing import random_puzzle
+
+    pz, _, _ = random_puzzle(4, n=6, d=8, h=12, rows=60)
+    first = pair(pz, "fused")
+    alt = pair(pz, "data_fo")
+    if alt.out_of == first.out_of:  # make the two differ, so that the comparison runs
+        alt.out_of = list(reversed(first.out_of))
+    var = float(pz.arrays.pred.var(axis=0).mean())
+
+    class Seeds:
+        def __init__(self, mse):
+            self.seed_mse = mse
+
+    monkeypatch.setattr(sv, "order", lambda puzzle, pr, **kw: Seeds({"a": var * (ratio if pr is alt else 1.0)}))
+    monkeypatch.setattr(sv, "pair", lambda p, m="auto", **kw: alt)
+    got = sv._choose_pairing(pz, first, 0, sv.CancelToken(None))
+    assert got is (alt if switch else first)
+    assert sv.DATA_FO_MARGIN == 0.8

@@ -27,6 +27,13 @@ EPS32 = float(np.finfo(np.float32).eps)
 # progress(BEST, run name, mse): a run found a new best order (mse on the search rows); the searches themselves
 # report progress(round, move, sse) per round and progress(-1, label, seconds) while the C++ loop runs
 BEST = -2
+#: Search rows of each descent of the iterated local search (tame nets; of the 256, its result re-scored on all
+#: of them before it is kept): half the rows, twice the descents in a budget (NOTES.md "Tame nets").
+ILS_ROWS = 128
+#: Search rows of the short polish after each widening beam of a chaotic net (of the 256): near the answer
+#: one wrong move costs such a net MSE ~0.2 (var(pred) ~0.6), so a few rows rank the moves, and a full
+#: swap+insert round at N=48 costs ~3 s on 256 rows (NOTES.md "Chaotic N=48").
+WIDEN_POLISH_ROWS = 64
 
 log = logging.getLogger("unshuffle")
 
@@ -330,37 +337,99 @@ def order(
         if res.stopped in (TIME_LIMIT, INTERRUPTED):
             state["stopped_by"] = res.stopped
 
-    def local(o_in, o_out, tok, **over):
-        """The output-loss local search (C++, device or Python loop) from one order, under ``tok``."""
-        kw = dict(schedule=schedule, stop_loss=stop, max_rounds=max_rounds, kicks=kicks, seed=seed,
+    def local(o_in, o_out, tok, rows=None, **over):
+        """The output-loss local search (C++, device or Python loop) from one order, under ``tok``; on the
+        first ``rows`` search rows only when given (the rows are a random draw, so a prefix of them is one
+        too), its loss then re-scored on all of them."""
+        n_all = int(X.shape[0])
+        r = n_all if rows is None else max(1, min(int(rows), n_all))
+        Xr, Tr = (X, target) if r == n_all else (X[:r], target[:r])
+        kw = dict(schedule=schedule, stop_loss=stop * r / n_all, max_rounds=max_rounds, kicks=kicks, seed=seed,
                   progress=progress, multi=multi, token=tok)
         kw.update(over)
         if fast:  # the whole round loop in C++ (same trajectory, no Python per round)
-            return local_search_native(X, target, *weights, list(o_in), list(o_out), **kw)
-        if scorer.name == "triton" and native:  # the whole round loop on the device (unshuffle.gpu_search)
+            res = local_search_native(Xr, Tr, *weights, list(o_in), list(o_out), **kw)
+        elif scorer.name == "triton" and native:  # the whole round loop on the device (unshuffle.gpu_search)
             from .gpu_search import device_local_search
 
             kw.pop("token")
-            return device_local_search(scorer, X, target, *weights, list(o_in), list(o_out),
-                                       time_limit=tok.remaining(), should_stop=lambda: tok.reason() is not None, **kw)
-        return local_search(scorer, X, target, *weights, list(o_in), list(o_out), **kw)
+            res = device_local_search(scorer, Xr, Tr, *weights, list(o_in), list(o_out),
+                                      time_limit=tok.remaining(), should_stop=lambda: tok.reason() is not None, **kw)
+        else:
+            res = local_search(scorer, Xr, Tr, *weights, list(o_in), list(o_out), **kw)
+        if r < n_all:  # back to the losses of all search rows (history: scaled, as an estimate)
+            res.history = [(h[0], h[1], h[2], h[3], h[4] * n_all / r, h[5]) for h in res.history]
+            res.loss = mse_of(res.order_in, res.order_out) * nvals
+            if res.stopped == "exact" and res.loss > stop:
+                res.stopped = "local_optimum"
+        return res
 
     def exact():
         return state["best"] is not None and state["best"].stopped == "exact"
 
-    def search_stage(tok):
+    def search_stage(tok, n_starts, n_kicks):
         """Portfolio: search from the best seed; at a local optimum, restart from the next distinct one."""
         tried = set()
-        for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
+        for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, n_starts)]:
             o_in = cands[name]
             if tuple(o_in) in tried:
                 continue
             tried.add(tuple(o_in))
             log.info("search start from %s", name)
-            res = local(o_in, [out_of[a] for a in o_in], tok)
+            res = local(o_in, [out_of[a] for a in o_in], tok, kicks=n_kicks)
             consider(res, name)
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
+
+    def ils_stage(tok):
+        """Iterated local search from the best order so far: perturb it, descend with no kicks, keep the result
+        only if it is better. The perturbation is k random insertions, k growing by one after every two
+        failures (1 to max(3, N/6), then back to 1: small kicks first, larger ones when those keep falling back
+        into the same optimum); every 4th time instead, the first-order re-pairing around the best order when
+        it changes at most N/4 pairs (plain-SGD/brief nets, where the pairing is what is wrong; on Adam/wd nets
+        the fit re-pairs most blocks wrongly and is skipped). Unlike the search's own kicks (a walk that goes
+        on from wherever the last descent stopped) every perturbation starts from the best order. The stage
+        ends after 4 x max(3, N/6) kicks in a row without a gain (each kick size tried twice since the last).
+        Each descent runs on ``ILS_ROWS`` search rows. On the tame reach nets (wd N=32, true pairing) the walk
+        left seed 9003 at Kendall 110 after 40 s where this solved it in 24 s (NOTES.md "Tame nets")."""
+        from .native import linear_sum_assignment
+        from .pairing import first_order_scores
+
+        if state["best"] is None:
+            return
+        rng = np.random.default_rng(seed + 104729)
+        lineage = _family(state["start"])
+        n, it, fails = len(out_of), 0, 0
+        kmax = max(3, n // 6)
+        while tok.reason() is None and not exact() and n >= 3 and fails < 4 * kmax:
+            best = state["best"]
+            o_in, o_out = list(best.order_in), list(best.order_out)
+            kind = "kick"
+            if it % 4 == 3:  # re-pair every block by the fit around the best order
+                _, cols = linear_sum_assignment(first_order_scores(puzzle, o_in, o_out), maximize=True)
+                new_out = [int(cols[a]) for a in o_in]
+                changed = sum(a != b for a, b in zip(new_out, o_out))
+                if 0 < changed <= max(2, n // 4):
+                    o_out, kind = new_out, "refit"
+            if kind == "kick":
+                for _ in range(1 + (fails // 2) % kmax):
+                    i, j = (int(v) for v in rng.choice(n, 2, replace=False))
+                    o_in.insert(j, o_in.pop(i))
+                    o_out.insert(j, o_out.pop(i))
+            it += 1
+            res = local(o_in, o_out, tok, kicks=0, rows=ILS_ROWS)
+            log.info("ils %d (%s): %.4g (best %.4g)", it, kind, res.loss / nvals, best.loss / nvals)
+            if res.loss < best.loss * (1 - 1e-9) or res.stopped in ("exact", INTERRUPTED):
+                consider(res, f"{lineage}#ils{it}")
+                fails = 0
+            else:  # count the work, keep the run list short (only improvements are runs)
+                stats["rounds"] += res.rounds
+                stats["scored"] += res.candidates_scored
+                stats["block_rows"] += res.block_rows
+                fails += kind == "kick"
+            if res.stopped == INTERRUPTED:
+                break
+        log.info("ils: %d perturbations, best %.4g", it, state["best"].loss / nvals)
 
     def refit_stage(tok):
         """Alternate the output-loss search with a re-pairing by the first-order fit around the current order
@@ -430,7 +499,7 @@ def order(
         # rounds: every exact beam solve on the reach grid came from the best order in 0-8 rounds, and a far
         # order's polish (a full swap+insert round costs seconds at N=48) would eat the next, wider beam's time.
         polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 2),
-                      max_rounds=min(max_rounds, 60 if path else 10))
+                      max_rounds=min(max_rounds, 60 if path else 10), rows=None if path else WIDEN_POLISH_ROWS)
         for rank, (o_in, o_out) in enumerate(beam.orders[:2 if path else 1]):
             res = local(o_in, o_out, tok, **polish)
             consider(res, f"beam{width}#{rank}")
@@ -461,8 +530,9 @@ def order(
         plan = ["search"]
     elif strategy == "probe":
         plan = ["probe", "probe2", "probe4", "probe+", "probe++"]
-    elif easy or not explosive:  # the output loss guides the search: it first, the re-pairing fit, then probes
-        plan = ["search", "refit", "probe", "probe+", "probe++"]
+    elif easy or not explosive:  # the output loss guides the search: the search (a kick walk), iterated local
+        # search from its best order, the re-pairing fit, then probes
+        plan = ["search", "ils", "refit", "probe", "probe+", "probe++"]
     else:  # the output loss explodes away from the answer: probe beams first, widening (each ends on its own),
         # then the joint-pairing beams with the path search, the search as a last resort
         plan = ["probe", "probe2", "probe4", "probe+", "search", "probe++"]
@@ -474,20 +544,25 @@ def order(
             break
         left = token.remaining()
         # an equal share of what is left for each remaining stage (no limit: each stage runs to its own end);
-        # the output-loss search, first on a tame network, gets 35% of what is left and the re-pairing fit 40% of
-        # the rest (the probe stages rarely help a tame network); on an exploding network the trusted-pairing
+        # the output-loss search (a kick walk), first on a tame network, gets 30% of what is left, the iterated
+        # local search all that is left (it ends on its own when it stagnates) and the re-pairing fit 40% of
+        # the rest (the probe stages rarely help a tame network; the walk and the ILS each solved wd N=32 nets
+        # the other missed: NOTES.md "Tame nets"); on an exploding network the trusted-pairing
         # beams (beam + short polish, no path search: they end on their own) may use all that is left, since a
         # beam cut off returns nothing and the wider beam is the better bet than the path search (every exact
         # chaotic solve on the reach grid came from a beam order; NOTES.md). Shares set on the dev puzzles; the
         # widening was chosen after diagnosing two grid failures (fast/paper N=32 seed 9001).
-        share = None if left is None else (left * 0.35 if stage == "search" and i == 0 else
+        share = None if left is None else (left * 0.3 if stage == "search" and i == 0 else
                                            left if stage in ("probe", "probe2", "probe4") and explosive else
+                                           left if stage == "ils" else
                                            left * 0.4 if stage == "refit" else
                                            left / (len(plan) - i))
         tok = token if share is None else token.limited(share)
         t0 = time.perf_counter()
         if stage == "search":
-            search_stage(tok)
+            search_stage(tok, starts, kicks)
+        elif stage == "ils":
+            ils_stage(tok)
         elif stage == "refit":
             refit_stage(tok)
         else:

@@ -95,3 +95,30 @@ def test_widening_polish_reports_the_loss_of_all_search_rows(tmp_path, monkeypat
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
     for name, mse, stopped, rounds in r.runs:
         assert np.isfinite(mse) and mse >= 0
+
+
+def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
+    """A cancel (Ctrl-C) while the ILS runs: order() returns at once, 'interrupted', with the best order so
+    far. The cancel comes from the progress callback at the ILS's first gain, so the test does not depend on
+    timing: every later perturbation must see it."""
+    from unshuffle.cancel import CancelToken
+    from unshuffle.ordering import BEST
+
+    g, pz = wd24
+    pr = true_pairing(pz, g.answer)
+    token = CancelToken()
+    seen = []
+
+    def progress(step, name, value):
+        if step == BEST:
+            seen.append(name)
+            if "#ils" in name:
+                token.cancel()
+
+    r = order(pz, pr, seed=0, kicks=0, starts=1, token=token, progress=progress)
+    ils = [n for n in seen if "#ils" in n]
+    assert ils, seen  # the ILS ran and found a gain (as in the test above)
+    assert r.stopped in ("interrupted", "exact"), r.stopped  # "exact" only if that first gain was the answer
+    assert r.start == ils[0] and len([run for run in r.runs if "#ils" in run[0]]) == 1, r.runs
+    assert sorted(r.order) == list(range(pz.n_blocks))
+    assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)

@@ -32,7 +32,7 @@ BEST = -2
 ILS_ROWS = 128
 #: Search rows of the short polish after each widening beam of a chaotic net (of the 256): near the answer
 #: one wrong move costs such a net MSE ~0.2 (var(pred) ~0.6), so a few rows rank the moves, and a full
-#: swap+insert round at N=48 costs ~3 s on 256 rows (NOTES.md "Chaotic N=48").
+#: swap+insert round at N=48 costs ~3 s on 256 rows (NOTES.md "Tame nets ...; chaotic N=48: cheaper polish").
 WIDEN_POLISH_ROWS = 64
 
 log = logging.getLogger("unshuffle")
@@ -236,7 +236,8 @@ def order(
     builds orders with the probe beam (``beam_width`` prefixes, ``probe_rows`` rows) and repairs them with the
     path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
     show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
-    then wider beams while time is left (tame networks also get the re-pairing "refit" stage); "seeds" returns
+    then wider beams while time is left (tame networks also get the iterated local search "ils" and the
+    re-pairing "refit" stages); "seeds" returns
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
     are probed on all rows."""
@@ -315,6 +316,11 @@ def order(
     state = dict(best=None, start=None, stopped_by=None)  # best SearchOutcome so far (by search-rows loss)
     results: List[tuple] = []  # (loss, name, order_in, order_out) of every run, for the anytime diagnosis
 
+    def tally(res):  # the work of a run, counted whether or not it is kept
+        stats["rounds"] += res.rounds
+        stats["scored"] += res.candidates_scored
+        stats["block_rows"] += res.block_rows
+
     def consider(res, name):
         # The search rows' stop test is 32 float32 ulps per value; a chaotic network's own rounding noise can
         # exceed that while the order is right, so a small loss is settled by the all-rows verification.
@@ -323,9 +329,7 @@ def order(
 
             if verify(puzzle, res.order_in, res.order_out).exact:
                 res.stopped = "exact"
-        stats["rounds"] += res.rounds
-        stats["scored"] += res.candidates_scored
-        stats["block_rows"] += res.block_rows
+        tally(res)
         runs.append((name, res.loss / nvals, res.stopped, res.rounds))
         results.append((res.loss, name, list(res.order_in), list(res.order_out)))
         if state["best"] is None or res.loss < state["best"].loss:
@@ -381,6 +385,15 @@ def order(
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
 
+    def fit_repairing(o_in, o_out):
+        """order_out re-paired at once by the first-order fit around the order (``pairing.first_order_scores``,
+        Hungarian on the core's assignment: scipy's takes ~0.3 s to import)."""
+        from .native import linear_sum_assignment
+        from .pairing import first_order_scores
+
+        _, cols = linear_sum_assignment(first_order_scores(puzzle, o_in, o_out), maximize=True)
+        return [int(cols[a]) for a in o_in]
+
     def ils_stage(tok):
         """Iterated local search from the best order so far: perturb it, descend with no kicks, keep the result
         only if it is better. The perturbation is k random insertions, k growing by one after every two
@@ -392,9 +405,6 @@ def order(
         ends after 4 x max(3, N/6) kicks in a row without a gain (each kick size tried twice since the last).
         Each descent runs on ``ILS_ROWS`` search rows. On the tame reach nets (wd N=32, true pairing) the walk
         left seed 9003 at Kendall 110 after 40 s where this solved it in 24 s (NOTES.md "Tame nets")."""
-        from .native import linear_sum_assignment
-        from .pairing import first_order_scores
-
         if state["best"] is None:
             return
         rng = np.random.default_rng(seed + 104729)
@@ -406,8 +416,7 @@ def order(
             o_in, o_out = list(best.order_in), list(best.order_out)
             kind = "kick"
             if it % 4 == 3:  # re-pair every block by the fit around the best order
-                _, cols = linear_sum_assignment(first_order_scores(puzzle, o_in, o_out), maximize=True)
-                new_out = [int(cols[a]) for a in o_in]
+                new_out = fit_repairing(o_in, o_out)
                 changed = sum(a != b for a, b in zip(new_out, o_out))
                 if 0 < changed <= max(2, n // 4):
                     o_out, kind = new_out, "refit"
@@ -423,9 +432,7 @@ def order(
                 consider(res, f"{lineage}#ils{it}")
                 fails = 0
             else:  # count the work, keep the run list short (only improvements are runs)
-                stats["rounds"] += res.rounds
-                stats["scored"] += res.candidates_scored
-                stats["block_rows"] += res.block_rows
+                tally(res)
                 fails += kind == "kick"
             if res.stopped == INTERRUPTED:
                 break
@@ -436,9 +443,6 @@ def order(
         (``pairing.first_order_scores``). From the best order so far, then from the seeds and seeded random
         orders in turn, until exact or out of time: a chain goes on through up to 4 re-pairings without
         improvement (the fit re-pairs well only once enough positions are right)."""
-        from .native import linear_sum_assignment  # (the core's; scipy's takes ~0.3 s to import)
-        from .pairing import first_order_scores
-
         starts_ = [] if state["best"] is None else [(list(state["best"].order_in), list(state["best"].order_out))]
         starts_ += [(list(cands[k]), [out_of[a] for a in cands[k]]) for k in sorted(seed_mse, key=seed_mse.get)]
         rng = np.random.default_rng(seed)
@@ -453,8 +457,7 @@ def order(
                 o_out = [out_of[a] for a in o_in]
             best, stale = float("inf"), 0
             while stale < 4 and tok.reason() is None:
-                _, cols = linear_sum_assignment(first_order_scores(puzzle, o_in, o_out), maximize=True)
-                new_out = [int(cols[a]) for a in o_in]
+                new_out = fit_repairing(o_in, o_out)
                 if new_out == o_out and best < float("inf"):
                     break
                 left = tok.remaining()

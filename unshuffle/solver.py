@@ -111,9 +111,9 @@ def _choose_pairing(puzzle: Puzzle, first: PairResult, seed: int, token: CancelT
     search: well under a second; data_fo must win by the factor ``DATA_FO_MARGIN``). Measured (NOTES.md
     "Pairing"): on 'brief' and plain-SGD nets the weights pair 0-2 of 16 blocks and data_fo 9-16; on
     Adam-trained nets fused pairs all and data_fo few; the seed MSE picked the better one on 9 of 10 generated
-    nets (the tenth: both poor). Where the fused pairing's seeds explode
-    (median seed MSE over ``EXPLOSIVE_SEEDS`` x var(pred)) the net is a chaotic one, whose seed MSEs say nothing
-    about the pairing, and data_fo (a linearisation around X) does not hold there: fused stays."""
+    nets (the tenth: both poor). Where the fused pairing's seeds explode (median seed MSE over
+    ``EXPLOSIVE_SEEDS`` x var(pred)) the net is a chaotic one, whose seed MSEs say nothing about the pairing,
+    and data_fo (a linearisation around X) does not hold there: fused stays."""
     def seed_mse(pr):
         return order(puzzle, pr, seed=seed, strategy="seeds", token=token).seed_mse
 

@@ -152,6 +152,34 @@ def test_path_search_matches_reference(seed):
                                atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
 
 
+@pytest.mark.parametrize("seed,N,R", [(0, 6, 160), (1, 9, 63), (2, 12, 300)])
+def test_probe_curve_matches_reference(seed, N, R):
+    """The probe loss of an order at depths 0..N (the tail beams' stall test) against numpy, on a random order
+    and on the true one (whose loss falls to ~0 at depth N)."""
+    X, target, w, ti, to = net(seed, N=N, R=R)
+    p = np.random.default_rng(seed + 7).permutation(N)
+    atol = 1e-9 * float((target.astype(np.float64) ** 2).mean())  # as above: ~0 at the end of the true order
+    for oi, oo in (([ti[i] for i in p], [to[i] for i in p]), (ti, to)):
+        got = bm.probe_curve(X, target, w, oi, oo)
+        ref = np.concatenate([[bm.probe_sse_reference(X, target) / target.size],
+                              bm.path_losses_reference(X, target, *w, oi, oo)])
+        assert got.shape == (N + 1,)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=atol)
+    assert got[-1] < 1e-6 * got[0]  # the true order reads the target exactly at the end
+
+
+@pytest.mark.parametrize("curve,tol,want", [
+    ([10, 8, 6, 4, 2, 0], 0.02, 5),          # falls to the end: the stall is the end
+    ([10, 5, 3.2, 3.1, 3.05, 3.0], 0.02, 3),  # flat from depth 3 (3.1 <= 3 + 0.02 * 7 < 3.2)
+    ([10, 5, 3.2, 3.1, 3.05, 3.0], 0.0, 5),   # tol 0: the minimum itself
+    ([10, 5, 3, 2.0, 2.5, 2.1], 0.02, 3),    # a minimum before the end
+    ([4, 4, 4], 0.02, 0),                    # no fall at all
+    ([5, 7, 9], 0.02, 0),                    # rises: depth 0 is the minimum
+])
+def test_stall_depth(curve, tol, want):
+    assert bm.stall_depth(curve, tol) == want
+
+
 def test_joint_pairing_keeps_every_piece_pairable():
     """Two allowed out pieces per in piece, arranged so that greedy choices can strand a piece: every final
     order still pairs all pieces, and the core agrees with the reference."""

@@ -122,3 +122,58 @@ def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
     assert r.start == ils[0] and len([run for run in r.runs if "#ils" in run[0]]) == 1, r.runs
     assert sorted(r.order) == list(range(pz.n_blocks))
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("min_fall", [None, 1.0])
+def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, min_fall):
+    """A widening beam whose order is right up to some depth and scrambled after it (the chaotic N=48 failures):
+    the tail beam re-runs from TAIL_STEPS[0]'s back depths before the stall of that order's probe loss, wider,
+    from that order's own prefix, and finishes the answer. The first beam is replaced by one returning
+    the true order with its last 12 blocks reversed (a real beam solves this small net outright)."""
+    import unshuffle.beam as bm
+    import unshuffle.ordering as od
+
+    g = make_puzzle(tmp_path, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")  # explosive seeds
+    pz = load_puzzle(tmp_path)
+    pr = true_pairing(pz, g.answer)
+    ii = {v: k for k, v in enumerate(pz.inp_ids)}
+    t_in = [ii[g.answer[2 * j]] for j in range(pz.n_blocks)]
+    t_out = [pr.out_of[a] for a in t_in]
+    s_in, s_out = t_in[:12] + t_in[12:][::-1], t_out[:12] + t_out[12:][::-1]
+    real, calls = bm.probe_beam, []
+
+    def fake_then_real(X, target, weights, allowed, width=16, prefix=None, **kw):
+        calls.append((width, [] if prefix is None else [tuple(p) for p in prefix]))
+        if len(calls) == 1:
+            return bm.BeamOutcome([(list(s_in), list(s_out))], [1.0], [], 0, "done")
+        return real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
+
+    monkeypatch.setattr(bm, "probe_beam", fake_then_real)
+    if min_fall is not None:  # a fall of 100% is never reached by a wrong order: no prefix is trusted, no tail
+        monkeypatch.setattr(od, "TAIL_MIN_FALL", min_fall)
+        r = order(pz, pr, seed=0, stages=["probe"], time_limit=300)
+        assert len(calls) == 1 and [run[0] for run in r.runs] == ["beam16#0"] and r.stopped != "exact", r.runs
+        return
+    r = order(pz, pr, seed=0, stages=["probe"], time_limit=300)
+    assert r.stopped == "exact", r.runs
+    assert r.order == t_in and r.order_out == t_out
+    width, prefix = calls[1]
+    back, factor = od.TAIL_STEPS[0]
+    assert width == factor * 16
+    a = pz.arrays
+    curve = bm.probe_curve(a.X, a.pred, (a.W_in, a.b_in, a.W_out, a.b_out), s_in, s_out)
+    k = bm.stall_depth(curve) - back
+    assert 0 < k <= 12 and prefix == list(zip(s_in[:k], s_out[:k]))  # the scrambled order's own prefix
+    assert [run[0] for run in r.runs] == ["beam16#0", f"beam16#tail{k}w{factor * 16}"], r.runs
+    assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
+
+
+def test_stages_run_as_given_and_unknown_ones_are_refused(tmp_path):
+    g = make_puzzle(tmp_path, blocks=6, dim=16, hidden=32, rows=300, seed=1, regime="wd")
+    pz = load_puzzle(tmp_path)
+    with pytest.raises(ValueError, match="unknown stage.*'beam'.*known: search, ils"):
+        order(pz, stages=["search", "beam"])
+    r = order(pz, true_pairing(pz, g.answer), stages=["search"], kicks=0, starts=1, time_limit=60)
+    assert r.runs and all("#" not in run[0] and not run[0].startswith("beam") for run in r.runs), r.runs
+    assert set(k.split(".")[1] for k in r.timings if k.startswith("stage.")) == {"search"}
+    assert order(pz, stages=[]).runs == []  # no stage: the best seed, as strategy="seeds"

@@ -270,6 +270,27 @@ def probe_beam(X, target, weights, allowed, width: int = 16, features: str = "qu
                        int(r["candidates"]), str(r["stopped"]))
 
 
+def probe_curve(X, target, weights, order_in, order_out, token: Optional[CancelToken] = None,
+                n_threads: int = 0) -> np.ndarray:
+    """The probe loss (per value) of an order at depths 0..N: of X itself, then after each block (the core's
+    probe, as the path search computes it; reference: ``probe_sse_reference`` / ``path_losses_reference``)."""
+    from . import _core
+
+    first = float(_core.probe_sse(_f32(X), _f32(target))) / np.asarray(target).size
+    rest = path_search(X, target, weights, order_in, order_out, max_rounds=0, token=token, n_threads=n_threads).path
+    return np.asarray([first] + list(rest), dtype=np.float64)
+
+
+def stall_depth(curve: Sequence[float], tol: float = 0.02) -> int:
+    """The depth where an order's probe loss stops falling: the first depth whose loss is within ``tol`` of the
+    curve's whole fall (curve[0] - min) above its minimum. Along the true order of a trained net the loss falls
+    to ~0 at depth N; a beam order that took a wrong block stalls a few depths after it (chaotic N=48 reach
+    nets: the first wrong block 3-7 depths before this point on 5 of 6 beam orders, NOTES.md)."""
+    c = np.asarray(curve, dtype=np.float64)
+    m = float(np.nanmin(c))
+    return int(np.argmax(c <= m + tol * max(float(c[0]) - m, 0.0)))
+
+
 def path_search(X, target, weights, order_in, order_out, kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0,
                 features: str = "quadratic", max_rounds: int = 1000, token: Optional[CancelToken] = None,
                 n_threads: int = 0) -> PathOutcome:

@@ -34,6 +34,14 @@ ILS_ROWS = 128
 #: one wrong move costs such a net MSE ~0.2 (var(pred) ~0.6), so a few rows rank the moves, and a full
 #: swap+insert round at N=48 costs ~3 s on 256 rows (NOTES.md "Tame nets ...; chaotic N=48: cheaper polish").
 WIDEN_POLISH_ROWS = 64
+#: Tail beams after each widening beam of a chaotic net, (back, width factor) in turn: re-run the beam from
+#: ``back`` depths before the stall of the best beam order's probe loss (``beam.stall_depth``), ``factor`` x the
+#: stage's width; skipped when the probe loss fell by less than TAIL_MIN_FALL of its
+#: value at depth 0 along that order (NOTES.md "Tail beams").
+TAIL_STEPS = ((8, 4), (16, 4))
+TAIL_MIN_FALL = 0.25
+#: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
+STAGES = ("search", "ils", "refit", "probe", "probe2", "probe4", "probe+", "probe++")
 
 log = logging.getLogger("unshuffle")
 
@@ -213,6 +221,7 @@ def order(
     probe_rows: int = 2000,
     beam_width: int = 16,
     beam_screen: Optional[int] = None,
+    stages: Optional[Sequence[str]] = None,
 ) -> OrderResult:
     """Find the execution order of the paired blocks.
 
@@ -240,7 +249,9 @@ def order(
     re-pairing "refit" stages); "seeds" returns
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
-    are probed on all rows."""
+    are probed on all rows. ``stages`` replaces the plan "auto" would choose by an explicit list of stage names
+    (``STAGES``: search, ils, refit, probe, probe2, probe4, probe+, probe++), run in that order with the same
+    time shares."""
     timings: Dict[str, float] = {}
     if token is None:
         token = CancelToken(time_limit)
@@ -512,22 +523,64 @@ def order(
                 if tok.reason() is not None:
                     return
                 log.info("path search from depth %d", first)
-                path = bm.path_search(PX, PT, pw, o_in, o_out, kinds=kinds, first=first, token=tok)
-                stats["probes"] = stats.get("probes", 0) + path.probes
-                if (path.order_in, path.order_out) == (list(o_in), list(o_out)):
+                ps = bm.path_search(PX, PT, pw, o_in, o_out, kinds=kinds, first=first, token=tok)
+                stats["probes"] = stats.get("probes", 0) + ps.probes
+                if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue
-                res = local(path.order_in, path.order_out, tok, **polish)
+                res = local(ps.order_in, ps.order_out, tok, **polish)
                 consider(res, f"beam{width}#{rank}+path{first}")
                 if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                     return
-                o_in, o_out = path.order_in, path.order_out
+                o_in, o_out = ps.order_in, ps.order_out
+        if path:
+            return
+        # The widening beams of a chaotic net: a beam that took a wrong block usually has the order right up to
+        # a few depths before its probe loss stalls and the rest scrambled; re-run the beam from a prefix
+        # ``back`` depths before the stall, wider (a tail costs a fraction of a whole beam), each time from the
+        # best beam order so far (by the final probe loss). Not when the loss hardly fell along that order: then
+        # no prefix of it is to be trusted (the probe has no signal on that net).
+        o_in, o_out = beam.orders[0]
+        final, tried = beam.losses[0], set()
+        for back, factor in TAIL_STEPS:
+            if tok.reason() is not None or exact():
+                return
+            curve = bm.probe_curve(PX, PT, pw, o_in, o_out, token=tok)
+            if not curve[0] - np.nanmin(curve) >= TAIL_MIN_FALL * curve[0]:
+                return
+            k = max(0, bm.stall_depth(curve) - back)
+            if k == 0:  # a whole beam: the next, wider stage's work
+                return
+            if (tuple(o_in[:k]), tuple(o_out[:k]), factor) in tried:  # the same beam again (deterministic)
+                continue
+            tried.add((tuple(o_in[:k]), tuple(o_out[:k]), factor))
+            log.info("tail beam from depth %d, width %d", k, factor * width)
+            if progress is not None:
+                progress(-1, f"tail beam (width {factor * width}, from depth {k})", 0.0)
+            tb = bm.probe_beam(PX, PT, pw, allowed, width=factor * width, prefix=list(zip(o_in[:k], o_out[:k])),
+                               token=tok, screen_rows=screen, screen_keep=16 * factor * width)
+            stats["probe_candidates"] += tb.candidates
+            if not tb.orders:
+                return
+            res = local(*tb.orders[0], tok, **polish)
+            consider(res, f"beam{width}#tail{k}w{factor * width}")
+            if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+                return
+            if tb.losses[0] < final:
+                (o_in, o_out), final = tb.orders[0], tb.losses[0]
 
     explosive = float(np.median(list(seed_mse.values()))) > 10 * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     probe_ok = _native.available()
     if strategy not in ("auto", "search", "probe", "seeds"):
         raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")
-    if strategy == "seeds":  # the seeds only (solve() compares pairings by them)
+    if stages is not None:
+        bad = [s_ for s_ in stages if s_ not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad} (known: {', '.join(STAGES)})")
+        if any(s_.startswith("probe") for s_ in stages) and not probe_ok:
+            raise ValueError("the probe stages need the C++ core (unshuffle._core), which is not built")
+        plan = list(stages)
+    elif strategy == "seeds":  # the seeds only (solve() compares pairings by them)
         plan = []
     elif strategy == "search" or not probe_ok:
         plan = ["search"]

@@ -124,12 +124,14 @@ def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
 
 
-@pytest.mark.parametrize("min_fall", [None, 1.0])
-def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, min_fall):
+@pytest.mark.parametrize("case", ["tail", "no_fall", "too_costly"])
+def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, case):
     """A widening beam whose order is right up to some depth and scrambled after it (the chaotic N=48 failures):
-    the tail beam re-runs from TAIL_STEPS[0]'s back depths before the stall of that order's probe loss, wider,
-    from that order's own prefix, and finishes the answer. The first beam is replaced by one returning
-    the true order with its last 12 blocks reversed (a real beam solves this small net outright)."""
+    the tail beam re-runs from ``back`` depths before the stall of that order's probe loss, wider, from that
+    order's own prefix, and finishes the answer. The first beam is replaced by one returning the true order with
+    its last 12 blocks reversed (a real beam solves this small net outright). No tail when the probe loss hardly
+    fell along the order (no prefix to trust), nor when the tail would cost more than the next stage's whole
+    beam (here: 4x wide from depth < 7.03 of 24)."""
     import unshuffle.beam as bm
     import unshuffle.ordering as od
 
@@ -149,22 +151,26 @@ def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, min_fall):
         return real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
 
     monkeypatch.setattr(bm, "probe_beam", fake_then_real)
-    if min_fall is not None:  # a fall of 100% is never reached by a wrong order: no prefix is trusted, no tail
-        monkeypatch.setattr(od, "TAIL_MIN_FALL", min_fall)
-        r = order(pz, pr, seed=0, stages=["probe"], time_limit=300)
-        assert len(calls) == 1 and [run[0] for run in r.runs] == ["beam16#0"] and r.stopped != "exact", r.runs
-        return
-    r = order(pz, pr, seed=0, stages=["probe"], time_limit=300)
-    assert r.stopped == "exact", r.runs
-    assert r.order == t_in and r.order_out == t_out
-    width, prefix = calls[1]
-    back, factor = od.TAIL_STEPS[0]
-    assert width == factor * 16
     a = pz.arrays
     curve = bm.probe_curve(a.X, a.pred, (a.W_in, a.b_in, a.W_out, a.b_out), s_in, s_out)
+    back = 8
     k = bm.stall_depth(curve) - back
-    assert 0 < k <= 12 and prefix == list(zip(s_in[:k], s_out[:k]))  # the scrambled order's own prefix
-    assert [run[0] for run in r.runs] == ["beam16#0", f"beam16#tail{k}w{factor * 16}"], r.runs
+    assert 0 < k <= 12  # the stall comes after the first wrong block
+    if case == "tail":
+        monkeypatch.setattr(od, "TAIL_STEPS", ((back, 2),))
+    elif case == "no_fall":  # a fall of 100% is never reached by a wrong order: no prefix is trusted
+        monkeypatch.setattr(od, "TAIL_MIN_FALL", 1.0)
+    else:
+        monkeypatch.setattr(od, "TAIL_STEPS", ((back, 4),))
+        assert 4 * (24 - k) ** 2 > 2 * 24 ** 2
+    r = order(pz, pr, seed=0, stages=["probe"], time_limit=300)
+    if case != "tail":
+        assert len(calls) == 1 and [run[0] for run in r.runs] == ["beam16#0"] and r.stopped != "exact", r.runs
+        return
+    assert r.stopped == "exact", r.runs
+    assert r.order == t_in and r.order_out == t_out
+    assert calls[1] == (32, list(zip(s_in[:k], s_out[:k])))  # 2x wide, from the scrambled order's own prefix
+    assert [run[0] for run in r.runs] == ["beam16#0", f"beam16#tail{k}w32"], r.runs
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
 
 

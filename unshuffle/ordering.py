@@ -36,8 +36,9 @@ ILS_ROWS = 128
 WIDEN_POLISH_ROWS = 64
 #: Tail beams after each widening beam of a chaotic net, (back, width factor) in turn: re-run the beam from
 #: ``back`` depths before the stall of the best beam order's probe loss (``beam.stall_depth``), ``factor`` x the
-#: stage's width; skipped when the probe loss fell by less than TAIL_MIN_FALL of its
-#: value at depth 0 along that order (NOTES.md "Tail beams").
+#: stage's width; skipped when the probe loss fell by less than TAIL_MIN_FALL of its value at depth 0 along that
+#: order, and when it would cost more than the next stage's whole beam (factor (N-k)^2 > 2 N^2: a beam's work
+#: grows with width x the square of the depths it builds) (NOTES.md "Tail beams").
 TAIL_STEPS = ((8, 4), (16, 4))
 TAIL_MIN_FALL = 0.25
 #: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
@@ -548,7 +549,8 @@ def order(
             if not curve[0] - np.nanmin(curve) >= TAIL_MIN_FALL * curve[0]:
                 return
             k = max(0, bm.stall_depth(curve) - back)
-            if k == 0:  # a whole beam: the next, wider stage's work
+            n = len(o_in)
+            if factor * (n - k) ** 2 > 2 * n * n:  # costs more than the next stage's whole beam (2x width)
                 return
             if (tuple(o_in[:k]), tuple(o_out[:k]), factor) in tried:  # the same beam again (deterministic)
                 continue

@@ -183,3 +183,13 @@ def test_stages_run_as_given_and_unknown_ones_are_refused(tmp_path):
     assert r.runs and all("#" not in run[0] and not run[0].startswith("beam") for run in r.runs), r.runs
     assert set(k.split(".")[1] for k in r.timings if k.startswith("stage.")) == {"search"}
     assert order(pz, stages=[]).runs == []  # no stage: the best seed, as strategy="seeds"
+
+
+def test_probe_stages_without_the_core_are_refused(tmp_path, monkeypatch):
+    import unshuffle.ordering as od
+
+    make_puzzle(tmp_path, blocks=4, dim=8, hidden=12, rows=100, seed=1, regime="wd")
+    pz = load_puzzle(tmp_path)
+    monkeypatch.setattr(od._native, "available", lambda: False)
+    with pytest.raises(ValueError, match="probe stages need the C\\+\\+ core"):
+        order(pz, stages=["search", "probe"])

@@ -254,6 +254,12 @@ def order(
     (``STAGES``: search, ils, refit, probe, probe2, probe4, probe+, probe++), run in that order with the same
     time shares."""
     timings: Dict[str, float] = {}
+    if stages is not None:  # before any work
+        bad = [s_ for s_ in stages if s_ not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad} (known: {', '.join(STAGES)})")
+        if any(s_.startswith("probe") for s_ in stages) and not _native.available():
+            raise ValueError("the probe stages need the C++ core (unshuffle._core), which is not built")
     if token is None:
         token = CancelToken(time_limit)
     elif time_limit is not None:
@@ -576,11 +582,6 @@ def order(
     if strategy not in ("auto", "search", "probe", "seeds"):
         raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")
     if stages is not None:
-        bad = [s_ for s_ in stages if s_ not in STAGES]
-        if bad:
-            raise ValueError(f"unknown stage(s) {bad} (known: {', '.join(STAGES)})")
-        if any(s_.startswith("probe") for s_ in stages) and not probe_ok:
-            raise ValueError("the probe stages need the C++ core (unshuffle._core), which is not built")
         plan = list(stages)
     elif strategy == "seeds":  # the seeds only (solve() compares pairings by them)
         plan = []

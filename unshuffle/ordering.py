@@ -246,7 +246,8 @@ def order(
     builds orders with the probe beam (``beam_width`` prefixes, ``probe_rows`` rows) and repairs them with the
     path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
     show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
-    then wider beams while time is left (tame networks also get the iterated local search "ils" and the
+    then wider beams while time is left, each followed by tail beams re-run from a few depths before where its
+    probe loss stalls (tame networks also get the iterated local search "ils" and the
     re-pairing "refit" stages); "seeds" returns
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them

@@ -193,3 +193,43 @@ def test_probe_stages_without_the_core_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(od._native, "available", lambda: False)
     with pytest.raises(ValueError, match="probe stages need the C\\+\\+ core"):
         order(pz, stages=["search", "probe"])
+
+
+def test_a_cancel_during_a_tail_beam_returns_the_best_order_so_far(tmp_path, monkeypatch):
+    """Ctrl-C while a tail beam runs: the beam sees the cancel (it returns no order) and order() returns at once,
+    'interrupted', with the first beam's polished order. The cancel comes from the progress callback as the tail
+    starts, so the test does not depend on timing."""
+    import unshuffle.beam as bm
+    import unshuffle.ordering as od
+    from unshuffle.cancel import CancelToken
+
+    g = make_puzzle(tmp_path, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")
+    pz = load_puzzle(tmp_path)
+    pr = true_pairing(pz, g.answer)
+    ii = {v: k for k, v in enumerate(pz.inp_ids)}
+    t_in = [ii[g.answer[2 * j]] for j in range(pz.n_blocks)]
+    t_out = [pr.out_of[a] for a in t_in]
+    s_in, s_out = t_in[:12] + t_in[12:][::-1], t_out[:12] + t_out[12:][::-1]
+    real, results = bm.probe_beam, []
+
+    def fake_then_real(X, target, weights, allowed, width=16, prefix=None, **kw):
+        if not results:
+            out = bm.BeamOutcome([(list(s_in), list(s_out))], [1.0], [], 0, "done")
+        else:
+            out = real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
+        results.append(out)
+        return out
+
+    monkeypatch.setattr(bm, "probe_beam", fake_then_real)
+    monkeypatch.setattr(od, "TAIL_STEPS", ((8, 2),))
+    token = CancelToken()
+
+    def progress(step, label, value):
+        if step == -1 and str(label).startswith("tail beam"):
+            token.cancel()
+
+    r = order(pz, pr, seed=0, stages=["probe", "probe2"], token=token, progress=progress)
+    assert len(results) == 2 and results[1].orders == [] and results[1].stopped == "interrupted", results[1:]
+    assert r.stopped == "interrupted" and [run[0] for run in r.runs] == ["beam16#0"], r.runs
+    assert sorted(r.order) == list(range(pz.n_blocks))
+    assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)

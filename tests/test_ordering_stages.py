@@ -124,8 +124,44 @@ def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
 
 
+@pytest.fixture(scope="module")
+def scrambled24(tmp_path_factory):
+    """An explosive net (a real width-16 beam solves it outright), its true order (t_in, t_out) as stack indices
+    and that order with its last 12 blocks reversed (s_in, s_out): what a beam that took a wrong block returns."""
+    from types import SimpleNamespace
+
+    folder = tmp_path_factory.mktemp("fast24")
+    g = make_puzzle(folder, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")
+    pz = load_puzzle(folder)
+    pr = true_pairing(pz, g.answer)
+    ii = {v: k for k, v in enumerate(pz.inp_ids)}
+    t_in = [ii[g.answer[2 * j]] for j in range(pz.n_blocks)]
+    t_out = [pr.out_of[a] for a in t_in]
+    return SimpleNamespace(pz=pz, pr=pr, t_in=t_in, t_out=t_out, s_in=t_in[:12] + t_in[12:][::-1],
+                           s_out=t_out[:12] + t_out[12:][::-1])
+
+
+def fake_first_beam(monkeypatch, s_in, s_out):
+    """Make the first probe beam return (s_in, s_out) and later ones run for real; returns the list of calls
+    (width, prefix, outcome) as they happen."""
+    import unshuffle.beam as bm
+
+    real, calls = bm.probe_beam, []
+
+    def fake_then_real(X, target, weights, allowed, width=16, prefix=None, **kw):
+        if not calls:
+            out = bm.BeamOutcome([(list(s_in), list(s_out))], [1.0], [], 0, "done")
+        else:
+            out = real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
+        calls.append((width, [] if prefix is None else [tuple(p) for p in prefix], out))
+        return out
+
+    monkeypatch.setattr(bm, "probe_beam", fake_then_real)
+    return calls
+
+
 @pytest.mark.parametrize("case", ["tail", "no_fall", "too_costly"])
-def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, case):
+def test_tail_beam_rebuilds_a_scrambled_tail(scrambled24, monkeypatch, case):
     """A widening beam whose order is right up to some depth and scrambled after it (the chaotic N=48 failures):
     the tail beam re-runs from ``back`` depths before the stall of that order's probe loss, wider, from that
     order's own prefix, and finishes the answer. The first beam is replaced by one returning the true order with
@@ -135,22 +171,9 @@ def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, case):
     import unshuffle.beam as bm
     import unshuffle.ordering as od
 
-    g = make_puzzle(tmp_path, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")  # explosive seeds
-    pz = load_puzzle(tmp_path)
-    pr = true_pairing(pz, g.answer)
-    ii = {v: k for k, v in enumerate(pz.inp_ids)}
-    t_in = [ii[g.answer[2 * j]] for j in range(pz.n_blocks)]
-    t_out = [pr.out_of[a] for a in t_in]
-    s_in, s_out = t_in[:12] + t_in[12:][::-1], t_out[:12] + t_out[12:][::-1]
-    real, calls = bm.probe_beam, []
-
-    def fake_then_real(X, target, weights, allowed, width=16, prefix=None, **kw):
-        calls.append((width, [] if prefix is None else [tuple(p) for p in prefix]))
-        if len(calls) == 1:
-            return bm.BeamOutcome([(list(s_in), list(s_out))], [1.0], [], 0, "done")
-        return real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
-
-    monkeypatch.setattr(bm, "probe_beam", fake_then_real)
+    z = scrambled24
+    pz, pr, t_in, t_out, s_in, s_out = z.pz, z.pr, z.t_in, z.t_out, z.s_in, z.s_out
+    calls = fake_first_beam(monkeypatch, s_in, s_out)
     a = pz.arrays
     curve = bm.probe_curve(a.X, a.pred, (a.W_in, a.b_in, a.W_out, a.b_out), s_in, s_out)
     back = 8
@@ -169,7 +192,7 @@ def test_tail_beam_rebuilds_a_scrambled_tail(tmp_path, monkeypatch, case):
         return
     assert r.stopped == "exact", r.runs
     assert r.order == t_in and r.order_out == t_out
-    assert calls[1] == (32, list(zip(s_in[:k], s_out[:k])))  # 2x wide, from the scrambled order's own prefix
+    assert calls[1][:2] == (32, list(zip(s_in[:k], s_out[:k])))  # 2x wide, from the scrambled order's own prefix
     assert [run[0] for run in r.runs] == ["beam16#0", f"beam16#tail{k}w32"], r.runs
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
 
@@ -195,32 +218,16 @@ def test_probe_stages_without_the_core_are_refused(tmp_path, monkeypatch):
         order(pz, stages=["search", "probe"])
 
 
-def test_a_cancel_during_a_tail_beam_returns_the_best_order_so_far(tmp_path, monkeypatch):
+def test_a_cancel_during_a_tail_beam_returns_the_best_order_so_far(scrambled24, monkeypatch):
     """Ctrl-C while a tail beam runs: the beam sees the cancel (it returns no order) and order() returns at once,
     'interrupted', with the first beam's polished order. The cancel comes from the progress callback as the tail
     starts, so the test does not depend on timing."""
-    import unshuffle.beam as bm
     import unshuffle.ordering as od
     from unshuffle.cancel import CancelToken
 
-    g = make_puzzle(tmp_path, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")
-    pz = load_puzzle(tmp_path)
-    pr = true_pairing(pz, g.answer)
-    ii = {v: k for k, v in enumerate(pz.inp_ids)}
-    t_in = [ii[g.answer[2 * j]] for j in range(pz.n_blocks)]
-    t_out = [pr.out_of[a] for a in t_in]
-    s_in, s_out = t_in[:12] + t_in[12:][::-1], t_out[:12] + t_out[12:][::-1]
-    real, results = bm.probe_beam, []
-
-    def fake_then_real(X, target, weights, allowed, width=16, prefix=None, **kw):
-        if not results:
-            out = bm.BeamOutcome([(list(s_in), list(s_out))], [1.0], [], 0, "done")
-        else:
-            out = real(X, target, weights, allowed, width=width, prefix=prefix, **kw)
-        results.append(out)
-        return out
-
-    monkeypatch.setattr(bm, "probe_beam", fake_then_real)
+    z = scrambled24
+    pz, pr = z.pz, z.pr
+    calls = fake_first_beam(monkeypatch, z.s_in, z.s_out)
     monkeypatch.setattr(od, "TAIL_STEPS", ((8, 2),))
     token = CancelToken()
 
@@ -229,7 +236,8 @@ def test_a_cancel_during_a_tail_beam_returns_the_best_order_so_far(tmp_path, mon
             token.cancel()
 
     r = order(pz, pr, seed=0, stages=["probe", "probe2"], token=token, progress=progress)
-    assert len(results) == 2 and results[1].orders == [] and results[1].stopped == "interrupted", results[1:]
+    tail = calls[1][2]
+    assert len(calls) == 2 and tail.orders == [] and tail.stopped == "interrupted", calls[1:]
     assert r.stopped == "interrupted" and [run[0] for run in r.runs] == ["beam16#0"], r.runs
     assert sorted(r.order) == list(range(pz.n_blocks))
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)

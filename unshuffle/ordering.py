@@ -390,16 +390,16 @@ def order(
     def exact():
         return state["best"] is not None and state["best"].stopped == "exact"
 
-    def search_stage(tok, n_starts, n_kicks):
+    def search_stage(tok):
         """Portfolio: search from the best seed; at a local optimum, restart from the next distinct one."""
         tried = set()
-        for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, n_starts)]:
+        for name in sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]:
             o_in = cands[name]
             if tuple(o_in) in tried:
                 continue
             tried.add(tuple(o_in))
             log.info("search start from %s", name)
-            res = local(o_in, [out_of[a] for a in o_in], tok, kicks=n_kicks)
+            res = local(o_in, [out_of[a] for a in o_in], tok)
             consider(res, name)
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
@@ -620,7 +620,7 @@ def order(
         tok = token if share is None else token.limited(share)
         t0 = time.perf_counter()
         if stage == "search":
-            search_stage(tok, starts, kicks)
+            search_stage(tok)
         elif stage == "ils":
             ils_stage(tok)
         elif stage == "refit":

@@ -74,13 +74,20 @@ def test_ils_stops_on_the_time_limit_with_the_best_order(wd24):
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
 
 
-def test_widening_polish_reports_the_loss_of_all_search_rows(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def fast24(tmp_path_factory):
+    """A chaotic net: its seeds explode (median seed MSE far above 10 x var(pred)), so order() plans the beams."""
+    folder = tmp_path_factory.mktemp("fast24")
+    g = make_puzzle(folder, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")
+    return g, load_puzzle(folder)
+
+
+def test_widening_polish_reports_the_loss_of_all_search_rows(fast24, monkeypatch):
     """The polish after a widening beam runs on 64 of the search rows; the loss order() reports must still be
     the all-search-rows one (a 64-row loss divided by 256 rows' values would be ~4x too small)."""
     import unshuffle.ordering as od
 
-    g = make_puzzle(tmp_path, blocks=24, dim=48, hidden=96, rows=1000, seed=7, regime="fast")  # explosive seeds
-    pz = load_puzzle(tmp_path)
+    g, pz = fast24
     seen = []
     real = od.local_search_native
 
@@ -241,3 +248,74 @@ def test_a_cancel_during_a_tail_beam_returns_the_best_order_so_far(scrambled24, 
     assert r.stopped == "interrupted" and [run[0] for run in r.runs] == ["beam16#0"], r.runs
     assert sorted(r.order) == list(range(pz.n_blocks))
     assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
+
+
+def test_fingerprint_seeds_match_a_torch_reference():
+    """``fingerprint_seeds`` (numpy float64) against the definition written with ordering's torch block update:
+    blocks sorted by rank(mean update norm, largest first) + rank(-E<u(x), x>, largest first), ties by index;
+    the second seed is the first reversed; numpy and torch inputs give the same orders."""
+    import torch
+
+    from unshuffle.ordering import _delta, fingerprint_seeds
+
+    rng = np.random.default_rng(11)
+    for N, d, h, R in ((7, 5, 9, 40), (16, 12, 20, 64)):
+        X = rng.standard_normal((R, d)).astype(np.float32)
+        w = (rng.standard_normal((N, h, d)).astype(np.float32) / np.sqrt(d), rng.standard_normal((N, h)).astype(np.float32) * 0.1,
+             rng.standard_normal((N, d, h)).astype(np.float32) / np.sqrt(h), rng.standard_normal((N, d)).astype(np.float32) * 0.1)
+        out_of = [int(v) for v in rng.permutation(N)]
+        got = fingerprint_seeds(X, w, out_of)
+        tX, tw = torch.from_numpy(X).double(), [torch.from_numpy(v).double() for v in w]
+        U = _delta(tX, *tw, torch.arange(N), torch.as_tensor(out_of))  # (N, R, d)
+        norm, dot = U.norm(dim=2).mean(dim=1), (U * tX).sum(dim=2).mean(dim=1)
+
+        def rank(v):
+            r = torch.empty(N, dtype=torch.long)
+            r[torch.argsort(v, stable=True)] = torch.arange(N)
+            return r
+
+        key = (rank(-norm) + rank(dot)).tolist()
+        expected = sorted(range(N), key=lambda a: (key[a], a))
+        assert got == {"fingerprint": expected, "fingerprint_rev": expected[::-1]}
+        assert fingerprint_seeds(torch.from_numpy(X), [torch.from_numpy(v) for v in w], out_of) == got
+
+
+def kendall(order, truth):
+    pos = {b: i for i, b in enumerate(truth)}
+    p = [pos[b] for b in order]
+    return sum(p[i] > p[j] for i in range(len(p)) for j in range(i + 1, len(p)))
+
+
+def test_tame_search_races_the_fingerprint_seed_first(wd24):
+    """On a tame net whose seeds are not close, the search stage descends from the better-fitting fingerprint
+    seed first, then from the best seed by MSE, and the solve ends exact. The fingerprint seed carries the
+    depth: it is well under a random order's expected distance from the answer (half the N(N-1)/2 pairs; here
+    95 of 276, where the insertion seed is nearer still: 54)."""
+    from unshuffle.ordering import fingerprint_seeds
+
+    g, pz = wd24
+    pr = true_pairing(pz, g.answer)
+    r = order(pz, pr, seed=0, time_limit=300)
+    assert r.stopped == "exact", r.runs
+    assert {"fingerprint", "fingerprint_rev"} <= set(r.seed_mse)
+    fp = min(("fingerprint", "fingerprint_rev"), key=lambda k: (r.seed_mse[k], k))
+    assert r.runs[0][0] == fp
+    classic = {k: v for k, v in r.seed_mse.items() if not k.startswith("fingerprint")}
+    if len(r.runs) > 1:
+        assert r.runs[1][0] == min(classic, key=lambda k: (classic[k], k))
+    truth = [pz.inp_ids.index(a) for a in g.answer[0:-1:2]]
+    dist = {k: kendall(o, truth) for k, o in r.seed_orders.items()}
+    n_pairs = pz.n_blocks * (pz.n_blocks - 1) // 2
+    assert dist[fp] < 0.4 * n_pairs, dist
+    seeds = fingerprint_seeds(pz.arrays.X[:50], (pz.arrays.W_in, pz.arrays.b_in, pz.arrays.W_out, pz.arrays.b_out), pr.out_of)
+    assert sorted(seeds["fingerprint"]) == list(range(pz.n_blocks))
+
+
+def test_no_fingerprint_race_on_an_explosive_net(fast24):
+    """The race is for tame nets whose seeds are poor: on a net whose seeds explode the search stage (asked for
+    explicitly here) starts from the best seed by MSE and never computes the fingerprint seeds. (The public
+    puzzle, whose seeds are close, is checked in test_solve_public.py.)"""
+    g, pz = fast24
+    r = order(pz, true_pairing(pz, g.answer), seed=0, stages=["search"], kicks=0, starts=1)
+    assert not any(k.startswith("fingerprint") for k in r.seed_mse), r.seed_mse
+    assert [run[0] for run in r.runs] == [min(r.seed_mse, key=lambda k: (r.seed_mse[k], k))]

@@ -33,6 +33,14 @@ def test_api_solves_public_exactly(public_solution, public_puzzle):
     assert set(s.timings) >= {"pair", "order", "verify", "total"}
 
 
+def test_public_runs_the_plain_search(public_solution):
+    """The public puzzle's seeds are close (easy): the search starts from the best seed, with no fingerprint
+    race (docs/ORDERING.md section 3), so it is no slower than before the race existed."""
+    o = public_solution.order_result
+    assert not any(k.startswith("fingerprint") for k in o.seed_mse)
+    assert o.runs[0][0] == min(o.seed_mse, key=lambda k: (o.seed_mse[k], k))
+
+
 def test_pairing_public_is_confident(public_puzzle, public_solution):
     pr = pair(public_puzzle)
     assert pr.confident and pr.agree

@@ -435,8 +435,10 @@ def order(
                 cands[name_] = o_
                 seed_mse[name_] = mse_of(o_, [out_of[a] for a in o_])
             fp = min(("fingerprint", "fingerprint_rev"), key=lambda k: (seed_mse[k], k))
-            for name in dict.fromkeys([fp, names[0]]):  # distinct, fingerprint first
+            for name in (fp, names[0]):  # fingerprint first
                 o_in = cands[name]
+                if tuple(o_in) in tried:
+                    continue
                 tried.add(tuple(o_in))
                 log.info("search descent from %s", name)
                 res = local(o_in, [out_of[a] for a in o_in], tok, kicks=0)

@@ -1,5 +1,8 @@
 """order()'s stages on generated nets: the iterated local search of tame nets (docs/ORDERING.md section 3) and
 the reduced-rows polish of the widening beams on chaotic ones."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,9 @@ from unshuffle import native as _native
 from unshuffle.generate import make_puzzle
 from unshuffle.ordering import order
 from unshuffle.pairing import PairResult, pair
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_reach  # noqa: E402  (distances to the answer, as the reach benchmark measures them)
 
 
 def true_pairing(pz, answer) -> PairResult:
@@ -280,12 +286,6 @@ def test_fingerprint_seeds_match_a_torch_reference():
         assert fingerprint_seeds(torch.from_numpy(X), [torch.from_numpy(v) for v in w], out_of) == got
 
 
-def kendall(order, truth):
-    pos = {b: i for i, b in enumerate(truth)}
-    p = [pos[b] for b in order]
-    return sum(p[i] > p[j] for i in range(len(p)) for j in range(i + 1, len(p)))
-
-
 def test_tame_search_races_the_fingerprint_seed_first(wd24):
     """On a tame net whose seeds are not close, the search stage descends from the better-fitting fingerprint
     seed first, then from the best seed by MSE, and the solve ends exact. The fingerprint seed carries the
@@ -301,8 +301,8 @@ def test_tame_search_races_the_fingerprint_seed_first(wd24):
     classic = {k: v for k, v in r.seed_mse.items() if not k.startswith("fingerprint")}
     if len(r.runs) > 1:
         assert r.runs[1][0] == min(classic, key=lambda k: (classic[k], k))
-    truth = [pz.inp_ids.index(a) for a in g.answer[0:-1:2]]
-    dist = {k: kendall(o, truth) for k, o in r.seed_orders.items()}
+    ti, to = bench_reach.true_order(pz, g.answer)
+    dist = {k: bench_reach.distances(o, [pr.out_of[a] for a in o], ti, to)["kendall"] for k, o in r.seed_orders.items()}
     n_pairs = pz.n_blocks * (pz.n_blocks - 1) // 2
     assert dist[fp] < 0.4 * n_pairs, dist
 

@@ -19,7 +19,7 @@ from ._lazy import torch
 from .backends import get_scorer, round_gflop
 from .cancel import INTERRUPTED, TIME_LIMIT, CancelToken, Cancelled
 from .pairing import PairResult, pair
-from .puzzle import Puzzle
+from .puzzle import Puzzle, _as_numpy
 from .reference import final_sse
 from .search import DEFAULT_SCHEDULE, local_search, local_search_native
 
@@ -147,10 +147,6 @@ def seeds(X, target, weights, out_of: Sequence[int], scorer) -> Dict[str, List[i
     }
 
 
-def _numpy64(t) -> np.ndarray:
-    return np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype=np.float64)
-
-
 def fingerprint_seeds(X, weights, out_of: Sequence[int]) -> Dict[str, List[int]]:
     """Two seeds from a depth fingerprint of each paired block on the rows X (numpy float64; X and weights as
     numpy arrays or torch tensors): 'fingerprint' sorts the blocks by the sum of two ranks, that of the mean
@@ -160,8 +156,7 @@ def fingerprint_seeds(X, weights, out_of: Sequence[int]) -> Dict[str, List[int]]
     and the fused rank put the seed at Kendall 161-279 of 1,128 from the answer on wd N=48 nets, where every
     other seed was at 394-956, and the descent from it landed at 0.07-0.10 MSE instead of 0.13-0.40
     (NOTES.md "Tame nets: the fingerprint race"). Ties keep the lower stack index first."""
-    W_in, b_in, W_out, b_out = (_numpy64(w) for w in weights[:4])
-    X = _numpy64(X)
+    W_in, b_in, W_out, b_out, X = (np.asarray(_as_numpy(t), dtype=np.float64) for t in (*weights[:4], X))
     oo = np.asarray(list(out_of), dtype=np.int64)
     hid = np.maximum(np.einsum("rd,ahd->arh", X, W_in, optimize=True) + b_in[:, None, :], 0.0)
     upd = np.einsum("arh,adh->ard", hid, W_out[oo], optimize=True) + b_out[oo][:, None, :]
@@ -429,38 +424,33 @@ def order(
         goes on from the lower of the two local optima: the fingerprint seed fits worse than the insertion
         seed yet lies nearer the answer (NOTES.md "Tame nets: the fingerprint race")."""
         tried = set()
+
+        def run(name, o_in, o_out, **over):  # True when the stage is over (exact, or stopped)
+            res = local(o_in, o_out, tok, **over)
+            consider(res, name)
+            return res.stopped in ("exact", TIME_LIMIT, INTERRUPTED)
+
+        def from_seed(name, **over):  # each distinct seed order once
+            o_in = cands[name]
+            if tuple(o_in) in tried:
+                return False
+            tried.add(tuple(o_in))
+            log.info("search %s from %s", "descent" if over.get("kicks") == 0 else "start", name)
+            return run(name, o_in, [out_of[a] for a in o_in], **over)
+
         names = sorted(seed_mse, key=lambda k: (seed_mse[k], k))[: max(1, starts)]
         if race:
             for name_, o_ in fingerprint_seeds(X, weights, out_of).items():
                 cands[name_] = o_
                 seed_mse[name_] = mse_of(o_, [out_of[a] for a in o_])
             fp = min(("fingerprint", "fingerprint_rev"), key=lambda k: (seed_mse[k], k))
-            for name in (fp, names[0]):  # fingerprint first
-                o_in = cands[name]
-                if tuple(o_in) in tried:
-                    continue
-                tried.add(tuple(o_in))
-                log.info("search descent from %s", name)
-                res = local(o_in, [out_of[a] for a in o_in], tok, kicks=0)
-                consider(res, name)
-                if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
-                    return
-            if kicks > 0:  # (with no kicks the walk would stop where the descent did)
-                best = state["best"]
-                log.info("search walk from the %s descent", state["start"])
-                res = local(list(best.order_in), list(best.order_out), tok)
-                consider(res, f"{state['start']}#walk")
-                if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
-                    return
+            if any(from_seed(name, kicks=0) for name in (fp, names[0])):  # fingerprint first; any() stops early
+                return
+            best = state["best"]  # (with no kicks the walk would stop where the descent did)
+            if kicks > 0 and run(f"{state['start']}#walk", list(best.order_in), list(best.order_out)):
+                return
         for name in names:
-            o_in = cands[name]
-            if tuple(o_in) in tried:
-                continue
-            tried.add(tuple(o_in))
-            log.info("search start from %s", name)
-            res = local(o_in, [out_of[a] for a in o_in], tok)
-            consider(res, name)
-            if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+            if from_seed(name):
                 return
 
     def fit_repairing(o_in, o_out):

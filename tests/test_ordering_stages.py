@@ -315,3 +315,31 @@ def test_no_fingerprint_race_on_an_explosive_net(fast24):
     r = order(pz, true_pairing(pz, g.answer), seed=0, stages=["search"], kicks=0, starts=1)
     assert not any(k.startswith("fingerprint") for k in r.seed_mse), r.seed_mse
     assert [run[0] for run in r.runs] == [min(r.seed_mse, key=lambda k: (r.seed_mse[k], k))]
+
+
+def test_deep_tame_plan_starts_with_the_beam_and_a_whole_order_path_search(wd24, monkeypatch):
+    """From ``DEEP_TAME_BLOCKS`` blocks on (lowered here so the 24-block fixture counts as deep), a tame net
+    whose seeds are poor starts with the probe beam, and its path search runs over the whole order (from depth
+    0 only) on draws of ``PATH_ROWS`` probe rows, at most one per draw; the solve still ends exact. Below the threshold the race
+    comes first (test_tame_search_races_the_fingerprint_seed_first)."""
+    import unshuffle.beam as bm
+    import unshuffle.ordering as od
+
+    monkeypatch.setattr(od, "DEEP_TAME_BLOCKS", 24)
+    monkeypatch.setattr(od, "PATH_ROWS", 300)
+    calls = []
+    real = bm.path_search
+
+    def spy(X, target, weights, o_in, o_out, **kw):
+        if kw.get("max_rounds", 1) > 0:  # (probe_curve calls it with max_rounds=0 for the curve alone)
+            calls.append((int(X.shape[0]), kw.get("first")))
+        return real(X, target, weights, o_in, o_out, **kw)
+
+    monkeypatch.setattr(bm, "path_search", spy)
+    g, pz = wd24
+    r = order(pz, true_pairing(pz, g.answer), seed=0, time_limit=300)
+    assert r.stopped == "exact", r.runs
+    assert r.runs[0][0] == "beam16#0", r.runs
+    assert calls, r.runs
+    assert set(calls) <= {(300, 0)}, calls  # (fixture: 1,000 rows = 3 draws of 300)
+    assert len(calls) <= 3

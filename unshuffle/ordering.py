@@ -41,6 +41,15 @@ WIDEN_POLISH_ROWS = 64
 #: grows with width x the square of the depths it builds) (NOTES.md "Tail beams").
 TAIL_STEPS = ((8, 4), (16, 4))
 TAIL_MIN_FALL = 0.25
+#: Deep tame networks (not easy, not explosive, at least DEEP_TAME_BLOCKS blocks): the output loss's basin
+#: around the answer is tiny there (wd N=48: 4 random insertions from the answer already descend to another
+#: local optimum) while the path search's (the sum of probe losses over depths) holds 8 insertions (Kendall
+#: 181); so the plan starts with the probe beam and a path search over the whole order (from depth 0 only) on
+#: PATH_ROWS of the probe rows (250 rows were too few; on 500, one of three row draws solved wd N=48 seed 7001
+#: from the polished beam order and two were at Kendall 12 and 40 when stopped; a path round costs ~20 s there
+#: on 2 cores at 500 rows, 4x less than on all 2,000) (NOTES.md "Deep tame nets: the path search").
+DEEP_TAME_BLOCKS = 40
+PATH_ROWS = 500
 #: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
 STAGES = ("search", "ils", "refit", "probe", "probe2", "probe4", "probe+", "probe++")
 
@@ -541,7 +550,9 @@ def order(
 
     def probe_stage(tok, width, joint, path=True):
         """Probe beam -> output-loss polish -> (``path``) path search over a growing suffix -> polish
-        (docs/ORDERING.md)."""
+        (docs/ORDERING.md); on a deep tame net (``deep_tame``) the path search runs over the whole order, on
+        one draw of ``PATH_ROWS`` probe rows after another, from the best beam order only (a path search there
+        takes minutes on 2 cores; the time left goes to the search stages)."""
         from . import beam as bm
 
         if not _native.available():
@@ -571,21 +582,27 @@ def order(
         # order's polish (a full swap+insert round costs seconds at N=48) would eat the next, wider beam's time.
         polish = dict(schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)), kicks=min(kicks, 2),
                       max_rounds=min(max_rounds, 60 if path else 10), rows=None if path else WIDEN_POLISH_ROWS)
-        for rank, (o_in, o_out) in enumerate(beam.orders[:2 if path else 1]):
+        for rank, (o_in, o_out) in enumerate(beam.orders[:2 if path and not deep_tame else 1]):
             res = local(o_in, o_out, tok, **polish)
             consider(res, f"beam{width}#{rank}")
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
-            for first in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True) if path else ():
+            if deep_tame:  # over the whole order, once per draw of PATH_ROWS probe rows, each from where the
+                # last one ended (a local optimum of J on one draw need not be one on the next)
+                path_runs = [(0, k) for k in range(max(1, len(pidx) // path_rows))]
+            else:  # over a growing suffix, on all the probe rows
+                path_runs = [(f, None) for f in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True)]
+            for first, draw in path_runs if path else ():
                 if tok.reason() is not None:
                     return
-                log.info("path search from depth %d", first)
-                ps = bm.path_search(PX, PT, pw, o_in, o_out, kinds=kinds, first=first, token=tok)
+                rows_ = slice(None) if draw is None else slice(draw * path_rows, (draw + 1) * path_rows)
+                log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
+                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, kinds=kinds, first=first, token=tok)
                 stats["probes"] = stats.get("probes", 0) + ps.probes
                 if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue
                 res = local(ps.order_in, ps.order_out, tok, **polish)
-                consider(res, f"beam{width}#{rank}+path{first}")
+                consider(res, f"beam{width}#{rank}+path{first}" + ("" if draw is None else f"/{draw}"))
                 if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                     return
                 o_in, o_out = ps.order_in, ps.order_out
@@ -629,6 +646,8 @@ def order(
     explosive = float(np.median(list(seed_mse.values()))) > 10 * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     race = strategy == "auto" and not easy and not explosive  # search_stage: the fingerprint race first
+    deep_tame = strategy == "auto" and not easy and not explosive and len(out_of) >= DEEP_TAME_BLOCKS
+    path_rows = PATH_ROWS if deep_tame else None  # (the probe rows are a random draw: so is each slice)
     probe_ok = _native.available()
     if strategy not in ("auto", "search", "probe", "seeds"):
         raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")
@@ -640,6 +659,9 @@ def order(
         plan = ["search"]
     elif strategy == "probe":
         plan = ["probe", "probe2", "probe4", "probe+", "probe++"]
+    elif deep_tame:  # the output loss guides the search only close to the answer: the probe beam and the path
+        # search over the whole order first (all the time they need), then the tame plan
+        plan = ["probe", "search", "ils", "refit", "probe+", "probe++"]
     elif easy or not explosive:  # the output loss guides the search: the search (a kick walk), iterated local
         # search from its best order, the re-pairing fit, then probes
         plan = ["search", "ils", "refit", "probe", "probe+", "probe++"]
@@ -664,6 +686,7 @@ def order(
         # widening was chosen after diagnosing two grid failures (fast/paper N=32 seed 9001).
         share = None if left is None else (left * 0.3 if stage == "search" and i == 0 else
                                            left if stage in ("probe", "probe2", "probe4") and explosive else
+                                           left if stage == "probe" and deep_tame and i == 0 else
                                            left if stage == "ils" else
                                            left * 0.4 if stage == "refit" else
                                            left / (len(plan) - i))

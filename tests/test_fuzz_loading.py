@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from unshuffle import PuzzleError, load_puzzle
@@ -354,6 +354,7 @@ def test_restricted_reader_matches_torch_load(work, obj):
 
 @fuzz_settings(200)
 @given(m=mutation, which=st.sampled_from(["pth", "pth_views"]))
+@example(m=("flip", [(0.832567271569481, 16)]), which="pth")  # torch.load returned garbage here (above)
 def test_restricted_reader_on_mutated_files(work, m, which):
     """Corrupted archives: only PuzzleError; whatever the reader accepts is what torch.load reads from the
     same bytes or, where torch's stricter zip reader refuses a flip in zip metadata that Python's zipfile
@@ -363,11 +364,10 @@ def test_restricted_reader_on_mutated_files(work, m, which):
     got = _outcome(lambda: read_tensor_file(f))
     if got[0] == "ok":
         ref = _outcome(lambda: read_tensor_file(f, read_torch_reference))
-        if ref[0] == "ok":
-            assert got == ref
-        else:
+        if ref != got:  # torch refused, or (seen once: a flipped central-directory byte) torch.load returned
+            # uninitialised memory for a storage; then the reader must have read the intact file's tensors
             intact = _write(work, "piece_1.pth", SEED_PTH[which])
-            assert got == _outcome(lambda: read_tensor_file(intact))
+            assert got == _outcome(lambda: read_tensor_file(intact)), (got, ref)
 
 
 def _views_pth() -> bytes:

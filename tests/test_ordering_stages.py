@@ -320,8 +320,8 @@ def test_no_fingerprint_race_on_an_explosive_net(fast24):
 def test_deep_tame_plan_starts_with_the_beam_and_a_whole_order_path_search(wd24, monkeypatch):
     """From ``DEEP_TAME_BLOCKS`` blocks on (lowered here so the 24-block fixture counts as deep), a tame net
     whose seeds are poor starts with the probe beam, and its path search runs over the whole order (from depth
-    0 only) on draws of ``PATH_ROWS`` probe rows, at most one per draw; the solve still ends exact. Below the threshold the race
-    comes first (test_tame_search_races_the_fingerprint_seed_first)."""
+    0 only) on draws of ``PATH_ROWS`` probe rows, at most one per draw; the solve still ends exact. Below the
+    threshold the race comes first (test_tame_search_races_the_fingerprint_seed_first)."""
     import unshuffle.beam as bm
     import unshuffle.ordering as od
 

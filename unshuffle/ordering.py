@@ -646,7 +646,7 @@ def order(
     explosive = float(np.median(list(seed_mse.values()))) > 10 * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     race = strategy == "auto" and not easy and not explosive  # search_stage: the fingerprint race first
-    deep_tame = strategy == "auto" and not easy and not explosive and len(out_of) >= DEEP_TAME_BLOCKS
+    deep_tame = race and len(out_of) >= DEEP_TAME_BLOCKS  # the plan starts with the beam and the path search
     path_rows = PATH_ROWS if deep_tame else None  # (the probe rows are a random draw: so is each slice)
     probe_ok = _native.available()
     if strategy not in ("auto", "search", "probe", "seeds"):

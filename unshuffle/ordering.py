@@ -587,15 +587,16 @@ def order(
             consider(res, f"beam{width}#{rank}")
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return
-            if deep_tame:  # over the whole order, once per draw of PATH_ROWS probe rows, each from where the
-                # last one ended (a local optimum of J on one draw need not be one on the next)
-                path_runs = [(0, k) for k in range(max(1, len(pidx) // path_rows))]
+            if deep_tame:  # over the whole order, once per draw of PATH_ROWS probe rows (the probe rows are a
+                # random draw: so is each slice), each from where the last one ended (a local optimum of J on
+                # one draw need not be one on the next)
+                path_runs = [(0, k) for k in range(max(1, len(pidx) // PATH_ROWS))]
             else:  # over a growing suffix, on all the probe rows
                 path_runs = [(f, None) for f in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True)]
             for first, draw in path_runs if path else ():
                 if tok.reason() is not None:
                     return
-                rows_ = slice(None) if draw is None else slice(draw * path_rows, (draw + 1) * path_rows)
+                rows_ = slice(None) if draw is None else slice(draw * PATH_ROWS, (draw + 1) * PATH_ROWS)
                 log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
                 ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, kinds=kinds, first=first, token=tok)
                 stats["probes"] = stats.get("probes", 0) + ps.probes
@@ -647,7 +648,6 @@ def order(
     easy = min(seed_mse.values()) <= insertion_trigger * var
     race = strategy == "auto" and not easy and not explosive  # search_stage: the fingerprint race first
     deep_tame = race and len(out_of) >= DEEP_TAME_BLOCKS  # the plan starts with the beam and the path search
-    path_rows = PATH_ROWS if deep_tame else None  # (the probe rows are a random draw: so is each slice)
     probe_ok = _native.available()
     if strategy not in ("auto", "search", "probe", "seeds"):
         raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")

@@ -83,6 +83,40 @@ void Probe::row_features(const float* z, const float* u, float* f) const {
   f[nf_ - 1] = 1.f;
 }
 
+// The linear readout [x, 1] straight from the correlation's factor: with xs the standardised columns and
+// xs^T xs / R = L L^T, the least-squares SSE of each centred target column t is t^T t - |L^-1 xs^T t|^2 / R
+// (a dropped column's entry is 0: L is the identity there). Everything in double from the float xs, so this
+// is the exact SSE of those rows; no whitened copy, no Gram, no residual passes (the quadratic path's cost).
+double Probe::linear_sse(const float* XS, int64_t stride, int64_t R, const float* target, const char* dropped) {
+  const int64_t d = d_, k = k_;
+  const double* L = cov_.data();
+  double total = 0.0;
+  std::vector<double>& v = W_;
+  for (int64_t o = 0; o < k; ++o) {
+    double tm = 0.0;
+    for (int64_t r = 0; r < R; ++r) tm += target[r * k + o];
+    tm /= static_cast<double>(std::max<int64_t>(R, 1));
+    double tt = 0.0;
+    std::fill(v.begin(), v.begin() + d, 0.0);
+    for (int64_t r = 0; r < R; ++r) {
+      const double t = target[r * k + o] - tm;
+      tt += t * t;
+      const float* xr = XS + r * stride;
+      for (int64_t j = 0; j < d; ++j) v[j] += t * xr[j];
+    }
+    double fit = 0.0;
+    for (int64_t j = 0; j < d; ++j) {  // forward substitution L y = v, y over v in place
+      if (dropped[j]) { v[j] = 0.0; continue; }
+      double a = v[j];
+      for (int64_t p = 0; p < j; ++p) a -= L[j * d + p] * v[p];
+      v[j] = a / L[j * d + j];
+      fit += v[j] * v[j];
+    }
+    total += std::min(tt, std::max(0.0, tt - fit / static_cast<double>(std::max<int64_t>(R, 1))));
+  }
+  return total;
+}
+
 double Probe::sse(const float* x, int64_t R, const float* target) {
   const int64_t nf = nf_, k = k_, na = na_, Np = Np_, Mp = Mp_;
   // Whitening (all in float SIMD but for the d x d factorisation): columns standardised in double, their
@@ -126,20 +160,32 @@ double Probe::sse(const float* x, int64_t R, const float* target) {
   std::fill(cov_.begin(), cov_.end(), 0.0);
   {
     double* __restrict cv = cov_.data();
-    double xr[512];
-    for (int64_t r = 0; r < R; ++r) {
-      for (int64_t j = 0; j < d; ++j) xr[j] = XS[r * Dp + j];
-      for (int64_t i = 0; i < d; ++i) {
-        const double xi = xr[i];
+    // eight rows per pass over the triangle (a rank-8 update): the accumulator row is loaded and stored once
+    // per eight rows, not per row (the loop was load/store bound)
+    constexpr int64_t kRows = 8;
+    std::vector<double>& xb = xblock_;
+    xb.assign(static_cast<std::size_t>(kRows * d), 0.0);
+    for (int64_t r0 = 0; r0 < R; r0 += kRows) {
+      const int64_t nr = std::min<int64_t>(kRows, R - r0);
+      for (int64_t q = 0; q < kRows; ++q)
+        for (int64_t j = 0; j < d; ++j) xb[q * d + j] = q < nr ? XS[(r0 + q) * Dp + j] : 0.0;
+      const double* __restrict x0 = xb.data();
+      for (int64_t i = 0; i < d; ++i) {  // the lower triangle (j <= i) only: the factorisation reads no more
+        const double a0 = x0[i], a1 = x0[d + i], a2 = x0[2 * d + i], a3 = x0[3 * d + i];
+        const double a4 = x0[4 * d + i], a5 = x0[5 * d + i], a6 = x0[6 * d + i], a7 = x0[7 * d + i];
         double* __restrict row = cv + i * d;
-        for (int64_t j = 0; j < d; ++j) row[j] += xi * xr[j];
+        for (int64_t j = 0; j <= i; ++j)
+          row[j] += ((a0 * x0[j] + a1 * x0[d + j]) + (a2 * x0[2 * d + j] + a3 * x0[3 * d + j])) +
+                    ((a4 * x0[4 * d + j] + a5 * x0[5 * d + j]) + (a6 * x0[6 * d + j] + a7 * x0[7 * d + j]));
       }
     }
   }
-  for (double& v : cov_) v /= static_cast<double>(R);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j <= i; ++j) cov_[i * d + j] /= static_cast<double>(R);
   std::vector<char> dropped(static_cast<std::size_t>(d), 0);
   double* L = cov_.data();
   cholesky_dropping(L, d, d, 0.0, 1e-10, sd, dropped.data());
+  if (features_ == kProbeLinear) return linear_sse(XS, Dp, R, target, dropped.data());
   // WT (d x Dp): row j holds column j of L^-1 transposed, so z = xs WT (z_i = sum_j xs_j (L^-1)[i][j])
   float* WT = WT_.data();
   std::fill(WT, WT + std::max(Dm, Dp) * Dp, 0.f);

@@ -31,12 +31,13 @@ class Probe {
 
  private:
   void row_features(const float* z, const float* u, float* f) const;
+  double linear_sse(const float* XS, int64_t stride, int64_t R, const float* target, const char* dropped);
   int64_t d_, k_, nf_, na_, Np_, Mp_;  // na_ = nf_ + k_ columns: features then targets
   int features_;
   double ridge_;
   FloatBuf F_, FT_, Gt_, zero_;        // one tile: rows x columns, its transpose, F^T F; a zero bias row
   std::vector<float> f_;
-  std::vector<double> G_, C_, scale_, y_, mean_, sd_, tsum_, cov_, W_;
+  std::vector<double> G_, C_, scale_, y_, mean_, sd_, tsum_, cov_, W_, xblock_;
   FloatBuf XS_, Z_, WT_, CT_, Ct_;  // standardised rows, whitened rows (stride zstride_), whitening map, tiles
   int64_t zstride_ = 0;
   double sse0_ = 0.0;

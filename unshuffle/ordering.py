@@ -50,6 +50,11 @@ TAIL_MIN_FALL = 0.25
 #: on 2 cores at 500 rows, 4x less than on all 2,000) (NOTES.md "Deep tame nets: the path search").
 DEEP_TAME_BLOCKS = 40
 PATH_ROWS = 500
+#: The deep tame path search reads the probe with linear features and moves blocks only (no re-pairing): on
+#: wd N=48 seed 7001 from the polished beam order, 4 of 4 row draws of 500 rows ended 0-3 insertions from the
+#: answer (the quadratic probe: exact on the one draw run to the end on 2 cores), at 0.2 ms per probe instead
+#: of 0.7; with re-pairing moves the product's first draw ended at a worse optimum (NOTES.md "The linear path").
+PATH_FEATURES = "linear"
 #: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
 STAGES = ("search", "ils", "refit", "probe", "probe2", "probe4", "probe+", "probe++")
 
@@ -589,8 +594,10 @@ def order(
                 return
             if deep_tame:  # over the whole order, once per draw of PATH_ROWS probe rows (the probe rows are a
                 # random draw: so is each slice), each from where the last one ended (a local optimum of J on
-                # one draw need not be one on the next)
+                # one draw need not be one on the next), starting from the polished beam order (wd N=48 seed
+                # 7001: Kendall 178 from the answer, where the raw beam order is at 270)
                 path_runs = [(0, k) for k in range(max(1, len(pidx) // PATH_ROWS))]
+                o_in, o_out = list(res.order_in), list(res.order_out)
             else:  # over a growing suffix, on all the probe rows
                 path_runs = [(f, None) for f in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True)]
             for first, draw in path_runs if path else ():
@@ -598,7 +605,9 @@ def order(
                     return
                 rows_ = slice(None) if draw is None else slice(draw * PATH_ROWS, (draw + 1) * PATH_ROWS)
                 log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
-                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, kinds=kinds, first=first, token=tok)
+                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, token=tok, first=first,
+                                    kinds=kinds[:3] if deep_tame else kinds,
+                                    features=PATH_FEATURES if deep_tame else "quadratic")
                 stats["probes"] = stats.get("probes", 0) + ps.probes
                 if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unshuffle import load_puzzle
+from unshuffle import moves as mv
 from unshuffle import native as _native
 from unshuffle.generate import make_puzzle
 from unshuffle.ordering import order
@@ -327,19 +328,29 @@ def test_deep_tame_plan_starts_with_the_beam_and_a_whole_order_path_search(wd24,
 
     monkeypatch.setattr(od, "DEEP_TAME_BLOCKS", 24)
     monkeypatch.setattr(od, "PATH_ROWS", 300)
-    calls = []
-    real = bm.path_search
+    calls, starts, beams = [], [], []
+    real, real_beam = bm.path_search, bm.probe_beam
 
     def spy(X, target, weights, o_in, o_out, **kw):
         if kw.get("max_rounds", 1) > 0:  # (probe_curve calls it with max_rounds=0 for the curve alone)
-            calls.append((int(X.shape[0]), kw.get("first")))
+            calls.append((int(X.shape[0]), kw.get("first"), kw.get("features"), tuple(kw.get("kinds"))))
+            starts.append((list(o_in), list(o_out)))
         return real(X, target, weights, o_in, o_out, **kw)
 
+    def spy_beam(*a, **kw):
+        out = real_beam(*a, **kw)
+        beams.append(out.orders[0] if out.orders else None)
+        return out
+
     monkeypatch.setattr(bm, "path_search", spy)
+    monkeypatch.setattr(bm, "probe_beam", spy_beam)
     g, pz = wd24
     r = order(pz, true_pairing(pz, g.answer), seed=0, time_limit=300)
     assert r.stopped == "exact", r.runs
     assert r.runs[0][0] == "beam16#0", r.runs
     assert calls, r.runs
-    assert set(calls) <= {(300, 0)}, calls  # (fixture: 1,000 rows = 3 draws of 300)
+    # (fixture: 1,000 rows = 3 draws of 300) linear probe features, block moves only (no re-pairing)
+    assert set(calls) <= {(300, 0, od.PATH_FEATURES, (mv.ADJACENT, mv.SWAP, mv.INSERT))}, calls
     assert len(calls) <= 3
+    # the first path search starts from the polished beam order, not the beam's own (the polish made moves)
+    assert r.runs[0][3] > 0 and starts[0] != (list(beams[0][0]), list(beams[0][1])), (r.runs, starts[0], beams[0])

@@ -133,22 +133,24 @@ def test_probe_beam_joint_pairing_and_prefix():
         assert sorted(oo) == sorted(set(oo)) and all(b in allowed[a] for a, b in zip(oi, oo))
 
 
+@pytest.mark.parametrize("features", ["quadratic", "linear"])  # linear: the deep tame plan's path search
 @pytest.mark.parametrize("seed", [0, 4, 5])
-def test_path_search_matches_reference(seed):
+def test_path_search_matches_reference(seed, features):
     X, target, w, ti, to = net(seed, N=6)
     rng = np.random.default_rng(seed + 50)
     p = rng.permutation(6)
     oi, oo = [ti[i] for i in p], [to[i] for i in p]
     kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
-    got = bm.path_search(X, target, w, oi, oo, kinds=kinds, max_rounds=50)
-    ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, kinds=kinds, max_rounds=50)
+    got = bm.path_search(X, target, w, oi, oo, kinds=kinds, max_rounds=50, features=features)
+    ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, kinds=kinds, max_rounds=50,
+                                              features=features)
     assert [h[1:4] for h in got.history] == [h[1:4] for h in rh]  # same moves (kind, i, j), round by round
     assert got.order_in == ri and got.order_out == ro
     assert got.J == pytest.approx(rJ, rel=1e-5)
     assert got.stopped in ("local_optimum", "max_rounds")
     # atol: a depth where the target is exactly readable has probe loss ~0 (1e-13 in lstsq, ~1e-11 through
     # the normal equations in double): both are zero at the target's scale (mean square ~1)
-    np.testing.assert_allclose(got.path, bm.path_losses_reference(X, target, *w, ri, ro), rtol=1e-5,
+    np.testing.assert_allclose(got.path, bm.path_losses_reference(X, target, *w, ri, ro, features), rtol=1e-5,
                                atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
 
 

@@ -46,8 +46,9 @@ TAIL_MIN_FALL = 0.25
 #: local optimum) while the path search's (the sum of probe losses over depths) holds 8 insertions (Kendall
 #: 181); so the plan starts with the probe beam and a path search over the whole order (from depth 0 only) on
 #: PATH_ROWS of the probe rows (250 rows were too few; on 500, one of three row draws solved wd N=48 seed 7001
-#: from the polished beam order and two were at Kendall 12 and 40 when stopped; a path round costs ~20 s there
-#: on 2 cores at 500 rows, 4x less than on all 2,000) (NOTES.md "Deep tame nets: the path search").
+#: from the polished beam order and two were at Kendall 12 and 40 when stopped; a path round cost ~20 s there
+#: on 2 cores at 500 rows with the quadratic probe, ~10 s with PATH_FEATURES, 4x less than on all 2,000 rows)
+#: (NOTES.md "Deep tame nets: the path search").
 DEEP_TAME_BLOCKS = 40
 PATH_ROWS = 500
 #: The deep tame path search reads the probe with linear features and moves blocks only (no re-pairing): on
@@ -570,7 +571,9 @@ def order(
         # joint: each in piece may take one of its 3 best out pieces by the trace score (the beam keeps every
         # piece pairable); the first probe stage trusts the pairing (3x cheaper), the path search re-pairs
         allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=2 if joint else 0)
-        kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
+        # the path search's moves; on a deep tame net blocks only (no re-pairing), on the linear probe
+        path_kw = (dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), features=PATH_FEATURES) if deep_tame else
+                   dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)))
         log.info("probe beam, width %d, %d rows%s", width, len(pidx), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
@@ -605,9 +608,7 @@ def order(
                     return
                 rows_ = slice(None) if draw is None else slice(draw * PATH_ROWS, (draw + 1) * PATH_ROWS)
                 log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
-                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, token=tok, first=first,
-                                    kinds=kinds[:3] if deep_tame else kinds,
-                                    features=PATH_FEATURES if deep_tame else "quadratic")
+                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, token=tok, first=first, **path_kw)
                 stats["probes"] = stats.get("probes", 0) + ps.probes
                 if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue

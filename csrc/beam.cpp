@@ -608,6 +608,8 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
           continue;
         }
         const Move& mv = moves[c];
+        if (mv.kind == kRepair && !P.repairable.empty() && !(P.repairable[oin[mv.i]] && P.repairable[oin[mv.j]]))
+          continue;  // a trusted pair: not a candidate
         std::copy(oin.begin(), oin.end(), tin.begin());
         std::copy(oout.begin(), oout.end(), tout.begin());
         apply_move(tin.data(), tout.data(), N, mv.kind, mv.i, mv.j);

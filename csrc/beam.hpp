@@ -87,6 +87,9 @@ struct PathSearchParams {
   double ridge = 1e-10;
   int64_t max_rounds = 1000;
   int n_threads = 0;
+  // repairable[a] (by in-piece stack index; empty = every piece): a re-pairing move is tried only when the in
+  // pieces at both its positions are repairable (the pairing is trusted elsewhere)
+  std::vector<uint8_t> repairable;
 };
 
 struct PathSearchResult {

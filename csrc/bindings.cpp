@@ -616,7 +616,7 @@ py::tuple parse_csv_py(py::buffer buf, int64_t offset, int64_t ncols, int n_thre
 py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
                         py::array b_out, py::array order_in, py::array order_out, py::object kinds, int64_t first,
                         const std::string& features, double ridge, int64_t max_rounds, int n_threads,
-                        const StopFlag* stop, py::object time_limit_s) {
+                        const StopFlag* stop, py::object time_limit_s, py::object repairable) {
   const std::string fn = "path_search";
   auto xs = check(X, fn, "X", true, 2, "(R, d)");
   const int64_t R = xs[0], d = xs[1];
@@ -632,6 +632,12 @@ py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array
   p.kinds = parse_kinds(fn, "kinds", kinds);
   p.first = first, p.features = parse_features(fn, features), p.ridge = ridge, p.max_rounds = max_rounds;
   p.n_threads = n_threads;
+  if (!repairable.is_none()) {  // one flag per in piece (stack index)
+    for (py::handle v : repairable) p.repairable.push_back(py::cast<bool>(v) ? 1 : 0);
+    if (static_cast<int64_t>(p.repairable.size()) != s.Ni)
+      fail(fn, "repairable must hold one flag per in piece (" + std::to_string(s.Ni) + "), got " +
+                   std::to_string(p.repairable.size()));
+  }
   const double tl = parse_time_limit(fn, time_limit_s);
   const int64_t N = order_in.shape(0);
   PathSearchResult r;
@@ -723,8 +729,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("kinds") = std::vector<std::string>{"adjacent", "swap", "insert"}, py::arg("first") = 0,
         py::arg("features") = "quadratic", py::arg("ridge") = 1e-10, py::arg("max_rounds") = 1000,
         py::arg("n_threads") = 0, py::arg("stop") = nullptr, py::arg("time_limit_s") = py::none(),
+        py::arg("repairable") = py::none(),
         "Best-improvement local search on J = sum over depths p > first of the probe loss after p blocks\n"
-        "(unshuffle.beam). Moves of `kinds` on positions >= first. Returns dict(order_in, order_out, J, path\n"
+        "(unshuffle.beam). Moves of `kinds` on positions >= first; a re-pairing move only between two in pieces\n"
+        "flagged in `repairable` (one flag per in piece; None = all). Returns dict(order_in, order_out, J, path\n"
         "(N,) probe loss after each depth, history (M, 5) [round, kind, i, j, J], rounds, candidates, probes,\n"
         "stopped in {local_optimum, max_rounds, interrupted, time_limit}).");
   m.def("probe_beam", &probe_beam_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),

@@ -133,14 +133,20 @@ def test_probe_beam_joint_pairing_and_prefix():
         assert sorted(oo) == sorted(set(oo)) and all(b in allowed[a] for a, b in zip(oi, oo))
 
 
-@pytest.mark.parametrize("features", ["quadratic", "linear"])  # linear: the deep tame plan's path search
+ALL_KINDS = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
+
+
+# linear: the deep tame plan's path search; (REPAIR,): its re-pairing turns, from a wrongly paired order
+@pytest.mark.parametrize("features,kinds", [("quadratic", ALL_KINDS), ("linear", ALL_KINDS), ("linear", (mv.REPAIR,))])
 @pytest.mark.parametrize("seed", [0, 4, 5])
-def test_path_search_matches_reference(seed, features):
+def test_path_search_matches_reference(seed, features, kinds):
     X, target, w, ti, to = net(seed, N=6)
     rng = np.random.default_rng(seed + 50)
     p = rng.permutation(6)
     oi, oo = [ti[i] for i in p], [to[i] for i in p]
-    kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
+    if kinds == (mv.REPAIR,):  # the true order, three out pieces rotated: only re-pairing moves can mend it
+        oi, oo = list(ti), list(to)
+        oo[1], oo[3], oo[4] = oo[3], oo[4], oo[1]
     got = bm.path_search(X, target, w, oi, oo, kinds=kinds, max_rounds=50, features=features)
     ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, kinds=kinds, max_rounds=50,
                                               features=features)
@@ -148,10 +154,32 @@ def test_path_search_matches_reference(seed, features):
     assert got.order_in == ri and got.order_out == ro
     assert got.J == pytest.approx(rJ, rel=1e-5)
     assert got.stopped in ("local_optimum", "max_rounds")
+    if kinds == (mv.REPAIR,):  # it re-paired, and moved no block
+        assert got.history and got.order_in == oi, got.history
     # atol: a depth where the target is exactly readable has probe loss ~0 (1e-13 in lstsq, ~1e-11 through
     # the normal equations in double): both are zero at the target's scale (mean square ~1)
     np.testing.assert_allclose(got.path, bm.path_losses_reference(X, target, *w, ri, ro, features), rtol=1e-5,
                                atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
+
+
+@pytest.mark.parametrize("seed", [0, 4, 5])
+def test_path_search_re_pairs_only_repairable_pieces(seed):
+    """``repairable`` limits re-pairing moves to pairs of flagged in pieces, in the core as in the reference:
+    with two rightly paired pieces unflagged, every move the core makes stays among the flagged pieces (the
+    trusted pairs never change) and matches the reference move by move."""
+    X, target, w, ti, to = net(seed, N=6)
+    oi, oo = list(ti), list(to)
+    oo[1], oo[3], oo[4] = oo[3], oo[4], oo[1]
+    flags = [True] * 6
+    flags[ti[0]] = flags[ti[2]] = False  # pieces whose pairs are right: trusted
+    kinds = (mv.REPAIR,)
+    got = bm.path_search(X, target, w, oi, oo, kinds=kinds, max_rounds=50, features="linear", repairable=flags)
+    ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, kinds=kinds, max_rounds=50, features="linear",
+                                              repairable=flags)
+    assert [h[1:4] for h in got.history] == [h[1:4] for h in rh]
+    assert got.order_in == ri and got.order_out == ro
+    assert got.order_out[0] == to[0] and got.order_out[2] == to[2]  # the trusted pairs never moved
+    assert all(flags[oi[h[2]]] and flags[oi[h[3]]] for h in got.history), got.history
 
 
 @pytest.mark.parametrize("seed,N,R", [(0, 6, 160), (1, 9, 63), (2, 12, 300)])
@@ -245,6 +273,9 @@ def test_validation_errors_name_the_argument():
         _core.probe_sse(X, target, "cubic")
     with pytest.raises(ValueError, match="first must be >= 0"):
         _core.path_search(X, target, *w, np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64), first=-1)
+    with pytest.raises(ValueError, match=r"repairable must hold one flag per in piece \(4\), got 3"):
+        _core.path_search(X, target, *w, np.arange(4, dtype=np.int64), np.arange(4, dtype=np.int64),
+                          repairable=[True, False, True])
 
 
 def test_estimate_wrong_compares_with_another_family():

@@ -166,10 +166,11 @@ def path_losses_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_o
 
 def path_search_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_out,
                           kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0, features: str = "quadratic",
-                          max_rounds: int = 1000):
+                          max_rounds: int = 1000, repairable: Optional[Sequence[bool]] = None):
     """Best-improvement local search on J = sum of probe losses over depths > first, evaluating every
-    candidate in full (the core prunes; the chosen moves are the same). Returns (order_in, order_out, J,
-    history [(round, kind, i, j, J)])."""
+    candidate in full (the core prunes; the chosen moves are the same). A re-pairing move is a candidate only
+    when both its in pieces are ``repairable`` (one flag per in piece; None = all). Returns (order_in,
+    order_out, J, history [(round, kind, i, j, J)])."""
     oi, oo = list(order_in), list(order_out)
     N = len(oi)
 
@@ -181,6 +182,8 @@ def path_search_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_o
     for rnd in range(1, max_rounds + 1):
         best = None
         for (k, i, j) in moves:
+            if k == mv.REPAIR and repairable is not None and not (repairable[oi[i]] and repairable[oi[j]]):
+                continue
             ci, co = mv.apply_move(oi, oo, k, i, j)
             v = J(ci, co)
             if best is None or v < best[0]:
@@ -293,12 +296,14 @@ def stall_depth(curve: Sequence[float], tol: float = 0.02) -> int:
 
 def path_search(X, target, weights, order_in, order_out, kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0,
                 features: str = "quadratic", max_rounds: int = 1000, token: Optional[CancelToken] = None,
-                n_threads: int = 0) -> PathOutcome:
+                n_threads: int = 0, repairable: Optional[Sequence[bool]] = None) -> PathOutcome:
     """The path search in the C++ core (see ``path_search_reference``). Stops on ``token``."""
     from . import _core
 
     W_in, b_in, W_out, b_out = (_f32(w) for w in weights[:4])
     kw = {} if token is None else dict(stop=token.core_flag(), time_limit_s=token.core_time_limit())
+    if repairable is not None:
+        kw["repairable"] = [bool(v) for v in repairable]
     r = _core.path_search(_f32(X), _f32(target), W_in, b_in, W_out, b_out, np.asarray(order_in, np.int64),
                           np.asarray(order_out, np.int64), kinds=[int(k) for k in kinds], first=int(first),
                           features=features, max_rounds=int(max_rounds), n_threads=n_threads, **kw)

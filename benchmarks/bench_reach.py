@@ -222,13 +222,14 @@ def run_unshuffle(puzzle, answer: Sequence[int], budget: float, seed: int = 0, b
            "timings": {k: float(v) for k, v in (sol.timings or {}).items()}}
     pr = getattr(sol, "pair_result", None)
     rec["pairs_right_solution_pairing"] = pairs_right(pr.pairs, answer) if pr is not None else None
+    o = getattr(sol, "order_result", None)
+    rec["kind"], rec["plan"] = (None, None) if o is None else (o.kind, list(o.plan))  # which plan auto chose
     if sol.permutation is not None:
         ti, to = true_order(puzzle, answer)
         oi, oo = true_order(puzzle, sol.permutation)
         rec["distance"] = distances(oi, oo, ti, to)
         # the solver's own estimate of wrong positions beside the true count (calibrates the anytime diagnosis)
         rec["wrong_positions"] = sum(1 for p in range(len(ti)) if (oi[p], oo[p]) != (ti[p], to[p]))
-        o = getattr(sol, "order_result", None)
         rec["estimated_wrong"] = None if o is None else o.estimated_wrong
         rec["runs"] = None if o is None else [list(r) for r in o.runs]
     return rec

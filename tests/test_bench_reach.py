@@ -92,6 +92,8 @@ def test_reach_writes_table_json_plots(tiny_run, capsys):
     assert set(r["baseline"]) >= {"exact", "mse", "seed", "stopped", "distance"}
     assert r["baseline"]["seed"] in ("delta_norm", "fro_asc")
     assert 0 <= r["pairs_right_first"] <= 4
+    u = r["unshuffle"]  # which plan order() chose is recorded (its first stage leads the plan's list)
+    assert u["kind"] in ("easy", "tame", "deep tame", "explosive") and isinstance(u["plan"], list), u
     if r["unshuffle"]["exact"] and r["unshuffle"]["matches_answer"]:
         assert r["unshuffle"]["distance"] == {"kendall": 0, "wrong_positions": 0, "insertions": 0, "pairs_wrong": 0}
     res = json.loads((out / "tiny.json").read_text())

@@ -56,6 +56,26 @@ PATH_ROWS = 500
 #: answer (the quadratic probe: exact on the one draw run to the end on 2 cores), at 0.2 ms per probe instead
 #: of 0.7; with re-pairing moves the product's first draw ended at a worse optimum (NOTES.md "The linear path").
 PATH_FEATURES = "linear"
+#: On a deep tame net whose pairing is not confident, each path search over the blocks is followed by one over
+#: the pairing alone (swaps of out pieces), then the blocks again, at most PATH_PAIR_TURNS times: from the true
+#: order with the fused pairing, the path loss over re-pairing moves alone fixed 2 of 2 wrong pairs on wd N=48
+#: seed 7003 and 9 of 9 on 7002, while the block moves alone drifted 12 Kendall from the answer on 7003 (NOTES.md
+#: "Re-pairing on the path").
+PATH_PAIR_TURNS = 4
+#: ... and only the PATH_PAIR_SHARE least confident in pieces (by their pairing margin) may be re-paired there:
+#: on the wd N=48 nets whose fused pairing is wrong (7002, 7003, 7005, 7006) the wrong pairs rank 0-23 of 48 by
+#: margin, 25 of 29 of them among the first quarter; unlimited re-pairing took wd N=48 seed 7007 (every pair
+#: right) to 2 wrong pairs.
+PATH_PAIR_SHARE = 0.25
+#: A network is explosive (chaotic: its output loss explodes away from the answer) when the median seed's MSE
+#: exceeds EXPLOSIVE_RATIO x var(pred), from DEEP_TAME_BLOCKS blocks on DEEP_EXPLOSIVE_RATIO x. Why two: the
+#: ratio of a chaotic net grows with depth. Measured on generated d/h 48/96 nets (NOTES.md "Which plan"): at
+#: N=48, fast/paper 1.7e3-9e18 (18 nets), weight decay 1.2-225 (8), brief 36-75 (2); at N=32, fast/paper 22-2.5e5
+#: (12 nets; the chaotic plan's beams solve the two at 22-32, the tame plan is not measured there), weight decay
+#: 0.86-8. The single threshold of 10 sent 5 of those 8 wd N=48 nets to the chaotic plan, which never runs the
+#: whole-order path search that solves deep tame nets.
+EXPLOSIVE_RATIO = 10.0
+DEEP_EXPLOSIVE_RATIO = 500.0
 #: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
 STAGES = ("search", "ils", "refit", "probe", "probe2", "probe4", "probe+", "probe++")
 
@@ -90,6 +110,10 @@ class OrderResult:
     # positions are wrong (docs/ORDERING.md "How close did it get")
     estimated_wrong: Optional[int] = None
     runner_up: Optional[str] = None  # the run it was compared with
+    # which plan "auto" chose and why: the network's kind by its seeds ("easy", "explosive", "deep tame",
+    # "tame"; docs/ORDERING.md) and the stages in plan order (``stages=`` when given)
+    kind: str = ""
+    plan: List[str] = field(default_factory=list)
 
     @property
     def moves_used(self) -> Dict[str, int]:
@@ -234,6 +258,25 @@ def bt_order(scorer, X, target, weights, order_in, order_out) -> List[int]:
     return [int(u) for u in np.argsort(-strength, kind="stable")]
 
 
+def explosive_ratio(n_blocks: int) -> float:
+    """The median-seed MSE / var(pred) above which an ``n_blocks`` network counts as explosive."""
+    return DEEP_EXPLOSIVE_RATIO if n_blocks >= DEEP_TAME_BLOCKS else EXPLOSIVE_RATIO
+
+
+def least_confident(pairing, share: float) -> Optional[List[bool]]:
+    """Flags (by in piece) on the ``share`` of in pieces with the lowest pairing margin (the lower of the row and
+    column margins; at least 2), None when ``pairing`` carries no margins (then every piece may re-pair)."""
+    mr, mc = getattr(pairing, "margin_row", None), getattr(pairing, "margin_col", None)
+    if mr is None or mc is None or len(mr) == 0:
+        return None
+    m = np.minimum(np.asarray(mr, np.float64), np.asarray(mc, np.float64))
+    keep = np.argsort(m, kind="stable")[: max(2, int(round(share * len(m))))]
+    flags = [False] * len(m)
+    for a in keep:
+        flags[int(a)] = True
+    return flags
+
+
 def search_threshold(pred: torch.Tensor) -> float:
     """Per-value error below which a search-row residual counts as float32 rounding (32 ulp at the output
     scale; a wrong order on the public puzzle is off by >1e-3 RMS, the right one by ~2e-7)."""
@@ -286,7 +329,8 @@ def order(
     ``strategy`` (docs/ORDERING.md): "search" is the output-loss local search from the seeds above; "probe"
     builds orders with the probe beam (``beam_width`` prefixes, ``probe_rows`` rows) and repairs them with the
     path search, then polishes with the output loss; "auto" runs both, the probe stages first when the seeds
-    show a network whose output loss explodes away from the answer (median seed MSE > 10 x var(pred)), and
+    show a network whose output loss explodes away from the answer (median seed MSE > ``explosive_ratio`` x
+    var(pred): 10, or 500 from ``DEEP_TAME_BLOCKS`` blocks on), and
     then wider beams while time is left, each followed by tail beams re-run from a few depths before where its
     probe loss stalls (tame networks also get the iterated local search "ils" and the
     re-pairing "refit" stages, and, when their seeds are poor, a search that first races descents from the
@@ -610,6 +654,23 @@ def order(
                 log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
                 ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, token=tok, first=first, **path_kw)
                 stats["probes"] = stats.get("probes", 0) + ps.probes
+                # an unconfident pairing on a deep tame net: re-pair where the blocks' path search stopped (out
+                # pieces only), then move blocks again, until the re-pairing changes nothing (near the answer the
+                # path loss picks the true out pieces; with wrong pairs the block moves drift: NOTES.md "Re-pairing
+                # on the path")
+                for _ in range(PATH_PAIR_TURNS if deep_tame and not getattr(pairing, "confident", False) else 0):
+                    if tok.reason() is not None:
+                        break
+                    rp = bm.path_search(PX[rows_], PT[rows_], pw, ps.order_in, ps.order_out, token=tok, first=first,
+                                        kinds=(mv.REPAIR,), features=PATH_FEATURES,
+                                        repairable=least_confident(pairing, PATH_PAIR_SHARE))
+                    stats["probes"] += rp.probes
+                    if rp.order_out == ps.order_out:
+                        break
+                    log.info("path search re-paired %d blocks", sum(u != v for u, v in zip(rp.order_out, ps.order_out)))
+                    ps = bm.path_search(PX[rows_], PT[rows_], pw, rp.order_in, rp.order_out, token=tok, first=first,
+                                        **path_kw)
+                    stats["probes"] += ps.probes
                 if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue
                 res = local(ps.order_in, ps.order_out, tok, **polish)
@@ -654,10 +715,11 @@ def order(
             if tb.losses[0] < final:
                 (o_in, o_out), final = tb.orders[0], tb.losses[0]
 
-    explosive = float(np.median(list(seed_mse.values()))) > 10 * var
+    explosive = float(np.median(list(seed_mse.values()))) > explosive_ratio(len(out_of)) * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     race = strategy == "auto" and not easy and not explosive  # search_stage: the fingerprint race first
     deep_tame = race and len(out_of) >= DEEP_TAME_BLOCKS  # the plan starts with the beam and the path search
+    kind = "easy" if easy else "explosive" if explosive else "deep tame" if len(out_of) >= DEEP_TAME_BLOCKS else "tame"
     probe_ok = _native.available()
     if strategy not in ("auto", "search", "probe", "seeds"):
         raise ValueError(f"unknown strategy {strategy!r} (auto, search, probe or seeds)")
@@ -680,6 +742,9 @@ def order(
         plan = ["probe", "probe2", "probe4", "probe+", "search", "probe++"]
     widths = {"probe": beam_width, "probe2": 2 * beam_width, "probe4": 4 * beam_width, "probe+": 4 * beam_width,
               "probe++": 16 * beam_width}
+    if plan:
+        log.info("%s network (median seed MSE %.3g x var(pred)): plan %s", kind,
+                 float(np.median(list(seed_mse.values()))) / var if var > 0 else float("inf"), ", ".join(plan))
     stage_times: Dict[str, float] = {}
     for i, stage in enumerate(plan):
         if exact() or token.reason() is not None:
@@ -748,6 +813,8 @@ def order(
         runs=runs,
         estimated_wrong=est,
         runner_up=runner_up,
+        kind=kind,
+        plan=list(plan),
     )
 
 

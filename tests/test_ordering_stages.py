@@ -434,3 +434,19 @@ def test_deep_tame_path_search_re_pairs_an_unconfident_pairing(wd24, monkeypatch
     # another: seen on this fixture)
     assert any(before == 2 and after == 0 for _, before, after in turns), calls
     assert set(c[0] for c in calls) <= {blocks, (mv.REPAIR,)}, calls
+
+
+def test_least_confident_flags_the_lowest_margins():
+    """The pieces that may re-pair: the share with the lowest of their row and column margins (at least 2, ties
+    by stack index); None when the pairing carries no margins."""
+    from types import SimpleNamespace
+
+    from unshuffle.ordering import least_confident
+
+    p = SimpleNamespace(margin_row=np.array([0.5, -0.1, 2.0, 0.3, 1.0, 0.2, 0.9, 0.0]),
+                        margin_col=np.array([0.4, 1.0, -0.5, 0.3, 1.0, 0.9, 0.9, 0.0]))
+    # the lower margins: 0.4, -0.1, -0.5, 0.3, 1.0, 0.2, 0.9, 0.0
+    assert least_confident(p, 0.25) == [False, True, True, False, False, False, False, False]  # -0.5, -0.1
+    assert least_confident(p, 0.5) == [False, True, True, False, False, True, False, True]  # then 0.0, 0.2
+    assert sum(least_confident(p, 0.01)) == 2
+    assert least_confident(SimpleNamespace(), 0.25) is None

@@ -618,6 +618,9 @@ def order(
         # the path search's moves; on a deep tame net blocks only (no re-pairing), on the linear probe
         path_kw = (dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), features=PATH_FEATURES) if deep_tame else
                    dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)))
+        # ... and, with an unconfident pairing, re-pairing turns among its least confident pieces
+        pair_turns = PATH_PAIR_TURNS if deep_tame and not getattr(pairing, "confident", False) else 0
+        pair_flags = least_confident(pairing, PATH_PAIR_SHARE) if pair_turns else None
         log.info("probe beam, width %d, %d rows%s", width, len(pidx), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
@@ -658,12 +661,11 @@ def order(
                 # pieces only), then move blocks again, until the re-pairing changes nothing (near the answer the
                 # path loss picks the true out pieces; with wrong pairs the block moves drift: NOTES.md "Re-pairing
                 # on the path")
-                for _ in range(PATH_PAIR_TURNS if deep_tame and not getattr(pairing, "confident", False) else 0):
+                for _ in range(pair_turns):
                     if tok.reason() is not None:
                         break
                     rp = bm.path_search(PX[rows_], PT[rows_], pw, ps.order_in, ps.order_out, token=tok, first=first,
-                                        kinds=(mv.REPAIR,), features=PATH_FEATURES,
-                                        repairable=least_confident(pairing, PATH_PAIR_SHARE))
+                                        kinds=(mv.REPAIR,), features=PATH_FEATURES, repairable=pair_flags)
                     stats["probes"] += rp.probes
                     if rp.order_out == ps.order_out:
                         break

@@ -654,9 +654,14 @@ def order(
                 if tok.reason() is not None:
                     return
                 rows_ = slice(None) if draw is None else slice(draw * PATH_ROWS, (draw + 1) * PATH_ROWS)
+
+                def path(p_in, p_out, **kw):  # one path search on this draw's rows, its probes counted
+                    out = bm.path_search(PX[rows_], PT[rows_], pw, p_in, p_out, token=tok, first=first, **kw)
+                    stats["probes"] = stats.get("probes", 0) + out.probes
+                    return out
+
                 log.info("path search from depth %d%s", first, "" if draw is None else f" on row draw {draw}")
-                ps = bm.path_search(PX[rows_], PT[rows_], pw, o_in, o_out, token=tok, first=first, **path_kw)
-                stats["probes"] = stats.get("probes", 0) + ps.probes
+                ps = path(o_in, o_out, **path_kw)
                 # an unconfident pairing on a deep tame net: re-pair where the blocks' path search stopped (out
                 # pieces only), then move blocks again, until the re-pairing changes nothing (near the answer the
                 # path loss picks the true out pieces; with wrong pairs the block moves drift: NOTES.md "Re-pairing
@@ -664,15 +669,12 @@ def order(
                 for _ in range(pair_turns):
                     if tok.reason() is not None:
                         break
-                    rp = bm.path_search(PX[rows_], PT[rows_], pw, ps.order_in, ps.order_out, token=tok, first=first,
-                                        kinds=(mv.REPAIR,), features=PATH_FEATURES, repairable=pair_flags)
-                    stats["probes"] += rp.probes
+                    rp = path(ps.order_in, ps.order_out, kinds=(mv.REPAIR,), features=PATH_FEATURES,
+                              repairable=pair_flags)
                     if rp.order_out == ps.order_out:
                         break
                     log.info("path search re-paired %d blocks", sum(u != v for u, v in zip(rp.order_out, ps.order_out)))
-                    ps = bm.path_search(PX[rows_], PT[rows_], pw, rp.order_in, rp.order_out, token=tok, first=first,
-                                        **path_kw)
-                    stats["probes"] += ps.probes
+                    ps = path(rp.order_in, rp.order_out, **path_kw)
                 if (ps.order_in, ps.order_out) == (list(o_in), list(o_out)):
                     continue
                 res = local(ps.order_in, ps.order_out, tok, **polish)
@@ -717,7 +719,8 @@ def order(
             if tb.losses[0] < final:
                 (o_in, o_out), final = tb.orders[0], tb.losses[0]
 
-    explosive = float(np.median(list(seed_mse.values()))) > explosive_ratio(len(out_of)) * var
+    median_seed = float(np.median(list(seed_mse.values())))
+    explosive = median_seed > explosive_ratio(len(out_of)) * var
     easy = min(seed_mse.values()) <= insertion_trigger * var
     race = strategy == "auto" and not easy and not explosive  # search_stage: the fingerprint race first
     deep_tame = race and len(out_of) >= DEEP_TAME_BLOCKS  # the plan starts with the beam and the path search
@@ -746,7 +749,7 @@ def order(
               "probe++": 16 * beam_width}
     if plan:
         log.info("%s network (median seed MSE %.3g x var(pred)): plan %s", kind,
-                 float(np.median(list(seed_mse.values()))) / var if var > 0 else float("inf"), ", ".join(plan))
+                 median_seed / var if var > 0 else float("inf"), ", ".join(plan))
     stage_times: Dict[str, float] = {}
     for i, stage in enumerate(plan):
         if exact() or token.reason() is not None:

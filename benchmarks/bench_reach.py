@@ -127,10 +127,7 @@ def read_answer(folder: Path) -> List[int]:
 # ------------------------------------------------------------------------------- answer and distances
 def true_order(puzzle, answer: Sequence[int]) -> Tuple[List[int], List[int]]:
     """The answer as stack indices (order_in, order_out), the form the search works on."""
-    n = puzzle.n_blocks
-    inp = {int(p): a for a, p in enumerate(puzzle.inp_ids)}
-    out = {int(p): b for b, p in enumerate(puzzle.out_ids)}
-    return [inp[int(answer[2 * t])] for t in range(n)], [out[int(answer[2 * t + 1])] for t in range(n)]
+    return puzzle.blocks_of(answer)
 
 
 def pairs_right(pairs: Iterable[Sequence[int]], answer: Sequence[int]) -> int:

@@ -98,22 +98,11 @@ def random_moves(order_in: Sequence[int], order_out: Sequence[int], k: int, kind
 
 
 def read_start(path: Path, puzzle) -> Tuple[List[int], List[int]]:
-    """A starting order from a file (see the module docstring) as stack indices (order_in, order_out)."""
-    text = Path(path).read_text().strip()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        obj = [int(x) for x in text.replace("\n", ",").split(",") if x.strip()]
-    if isinstance(obj, dict):
-        obj = obj.get("permutation") or obj.get("answer")
-    n = puzzle.n_blocks
-    if not isinstance(obj, list) or len(obj) != 2 * n + 1:
-        raise ValueError(f"{path}: expected {2 * n + 1} piece ids in execution order")
-    ids = [int(x) for x in obj]
-    if sorted(ids[0:-1:2]) != sorted(int(i) for i in puzzle.inp_ids) or \
-            sorted(ids[1:-1:2]) != sorted(int(i) for i in puzzle.out_ids):
-        raise ValueError(f"{path}: the ids are not this puzzle's inp/out pieces in alternating order")
-    return br.true_order(puzzle, ids)
+    """A starting order from a file (see the module docstring; ``unshuffle.puzzle.load_order``) as stack
+    indices (order_in, order_out)."""
+    from unshuffle.puzzle import load_order
+
+    return puzzle.blocks_of(load_order(path, puzzle))
 
 
 def run_search(X, target, weights, order_in, order_out, schedule, time_limit: Optional[float], multi: bool,

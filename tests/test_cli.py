@@ -111,3 +111,21 @@ def test_progress_callback_handles_both_loops(capsys):
     err = capsys.readouterr().err
     assert "native running" in err and "best mse 0.25" in err and "best mse 0.5" not in err
     assert _progress(False) == (None, None)
+
+
+def test_solve_warm_start_from_a_file_and_a_bad_one(tmp_path, capsys):
+    """--start: an earlier answer continues the solve (here the answer itself: the start run is exact); a file
+    that is not an order of this puzzle is exit 2 with one line naming it."""
+    from unshuffle.generate import make_puzzle
+
+    g = make_puzzle(tmp_path / "p", blocks=6, dim=16, hidden=32, rows=500, seed=4)
+    (tmp_path / "prev.json").write_text(json.dumps({"permutation": g.answer, "exact": False}))
+    assert main(["solve", str(tmp_path / "p"), "--start", str(tmp_path / "prev.json"), "--json", "--quiet",
+                 "--no-certificate"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["permutation"] == g.answer and d["exact"] is True
+    bad = tmp_path / "bad.txt"
+    bad.write_text(",".join(str(i) for i in g.answer[:-2]))
+    assert main(["solve", str(tmp_path / "p"), "--start", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.txt" in err[0] and "expected 13 piece ids" in err[0]

@@ -5,6 +5,7 @@ Small puzzles are written into tmp_path; the public puzzle is read from ../share
 from __future__ import annotations
 
 import csv
+import json
 import io
 import os
 import pickle
@@ -672,3 +673,34 @@ def test_puzzle_is_numpy_with_torch_views_and_a_compact_repr(tmp_path):
     q = Puzzle(p.inp_ids, p.out_ids, p.last_id, w, p.b_in, p.W_out, p.b_out, p.W_last, p.b_last, p.X, p.pred)
     assert np.shares_memory(q.arrays.W_in, w.numpy()) and torch.equal(q.W_in, w) and q.true is None
     assert repr(q) == "Puzzle(N=3, d=4, h=6, k=1, rows=16)"
+
+
+def test_blocks_of_inverts_answer_and_load_order_reads_every_format(tmp_path):
+    from unshuffle.generate import make_puzzle
+    from unshuffle.puzzle import load_order
+
+    g = make_puzzle(tmp_path / "p", blocks=5, dim=8, hidden=12, rows=100, seed=2)
+    pz = load_puzzle(tmp_path / "p")
+    o_in, o_out = pz.blocks_of(g.answer)
+    assert pz.answer(o_in, o_out) == g.answer
+    assert sorted(o_in) == sorted(o_out) == list(range(5))
+    for name, text in (("list.json", json.dumps(g.answer)), ("solve.json", json.dumps({"permutation": g.answer})),
+                       ("answer.json", json.dumps({"answer": g.answer})), ("ids.txt", ",".join(map(str, g.answer))),
+                       ("lines.txt", "\n".join(map(str, g.answer)) + "\n")):
+        (tmp_path / name).write_text(text)
+        assert load_order(tmp_path / name, pz) == g.answer, name
+    swapped = list(g.answer)
+    swapped[0], swapped[1] = swapped[1], swapped[0]  # an out piece where an in piece runs
+    cases = [("short.json", json.dumps(g.answer[:-1]), "expected 11 piece ids"),
+             ("swapped.json", json.dumps(swapped), "alternating"),
+             ("twice.json", json.dumps(g.answer[:2] * 5 + g.answer[-1:]), "each once"),
+             ("words.txt", "first, second", "not an order"),
+             ("dict.json", json.dumps({"exact": True}), "not an order"),
+             ("floaty.json", json.dumps(["a"] * 11), "integer piece ids")]
+    for name, text, pattern in cases:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PuzzleError, match=pattern) as e:
+            load_order(tmp_path / name, pz)
+        assert e.value.path == tmp_path / name
+    with pytest.raises(PuzzleError, match="cannot read"):
+        load_order(tmp_path / "missing.json", pz)

@@ -450,3 +450,27 @@ def test_least_confident_flags_the_lowest_margins():
     assert least_confident(p, 0.5) == [False, True, True, False, False, True, False, True]  # then 0.0, 0.2
     assert sum(least_confident(p, 0.01)) == 2
     assert least_confident(SimpleNamespace(), 0.25) is None
+
+
+def test_a_warm_start_is_the_first_run_and_the_ils_goes_on_from_it(wd24):
+    """order(start=): the start order is scored first (run "start"); under "auto" the plan begins with the ILS.
+    From the answer moved by 3 random insertions the solve ends exact; from the answer itself nothing else runs;
+    a start that is not two permutations of the blocks is refused before any work."""
+    g, pz = wd24
+    pr = true_pairing(pz, g.answer)
+    ti, to = pz.blocks_of(g.answer)
+    rng = np.random.default_rng(5)
+    si, so = list(ti), list(to)
+    for _ in range(3):
+        i, j = (int(v) for v in rng.choice(pz.n_blocks, 2, replace=False))
+        si, so = mv.apply_move(si, so, mv.INSERT, i, j)
+    assert (si, so) != (ti, to)
+    r = order(pz, pr, seed=0, time_limit=300, start=(si, so))
+    assert r.runs[0][0] == "start" and r.runs[0][1] > 0
+    assert r.plan[0] == "ils"
+    assert r.stopped == "exact" and (list(r.order), list(r.order_out)) == (ti, to)
+    r = order(pz, pr, seed=0, time_limit=300, start=(ti, to))
+    assert [run[0] for run in r.runs] == ["start"] and r.stopped == "exact"
+    for bad in ((ti[:-1], to), (ti, [0] * len(to)), ("abc", to), (ti,)):
+        with pytest.raises(ValueError, match="start"):
+            order(pz, pr, start=bad)

@@ -125,6 +125,11 @@ def _solve_and_print(args, puzzle) -> int:
     from .safeio import atomic_write_text
     from .solver import solve
 
+    start = None
+    if getattr(args, "start", None):  # a warm start (PuzzleError naming the file when it does not fit)
+        from .puzzle import load_order
+
+        start = load_order(args.start, puzzle)
     show = not args.quiet and sys.stderr.isatty()
     update, bar = _progress(show)
     token = CancelToken()  # the time limit is solve()'s (a child token)
@@ -133,7 +138,7 @@ def _solve_and_print(args, puzzle) -> int:
         with _sigint_cancels(token):
             sol = solve(puzzle, backend=args.backend, seed=args.seed, time_limit=limit, token=token, bt=args.bt,
                         progress=update, kicks=args.kicks, starts=args.starts, search_rows=args.search_rows,
-                        certificate=not args.no_certificate)
+                        certificate=not args.no_certificate, start=start)
     finally:
         if bar is not None:
             bar.close()
@@ -184,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("puzzle_dir", nargs="?", help="folder with historical_data.csv and pieces (pieces/ or beside it)")
     s.add_argument("--pieces", help="pieces folder or single state-dict file (overrides the default)")
     s.add_argument("--data", help="data CSV (overrides PUZZLE_DIR/historical_data.csv)")
+    s.add_argument("--start", metavar="FILE",
+                   help="warm start: an earlier answer to continue from (solve --json/--out output, or ids)")
     _add_solve_options(s)
 
     d = sub.add_parser("demo", help="generate the default puzzle, solve it and print the result")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +30,8 @@ BEST = -2
 #: Search rows of each descent of the iterated local search (tame nets; of the 256, its result re-scored on all
 #: of them before it is kept): half the rows, twice the descents in a budget (NOTES.md "Tame nets").
 ILS_ROWS = 128
+#: Move sets of each ILS descent; None: the search's schedule (adjacent swaps first).
+ILS_SCHEDULE = None
 #: Search rows of the short polish after each widening beam of a chaotic net (of the 256): near the answer
 #: one wrong move costs such a net MSE ~0.2 (var(pred) ~0.6), so a few rows rank the moves, and a full
 #: swap+insert round at N=48 costs ~3 s on 256 rows (NOTES.md "Tame nets ...; chaotic N=48: cheaper polish").
@@ -307,6 +309,7 @@ def order(
     beam_width: int = 16,
     beam_screen: Optional[int] = None,
     stages: Optional[Sequence[str]] = None,
+    start: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
 ) -> OrderResult:
     """Find the execution order of the paired blocks.
 
@@ -339,7 +342,12 @@ def order(
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
     are probed on all rows. ``stages`` replaces the plan "auto" would choose by an explicit list of stage names
     (``STAGES``: search, ils, refit, probe, probe2, probe4, probe+, probe++), run in that order with the same
-    time shares."""
+    time shares.
+
+    ``start`` = (order_in, order_out), stack indices (``Puzzle.blocks_of`` turns piece ids into them): a warm
+    start, e.g. the best order of an earlier solve that ran out of time. It is scored as the run "start" and,
+    under the "auto" strategy, the plan begins with the iterated local search from the best order so far
+    (the stages near the answer), then goes on as it would have."""
     timings: Dict[str, float] = {}
     if stages is not None:  # before any work
         bad = [s_ for s_ in stages if s_ not in STAGES]
@@ -347,6 +355,8 @@ def order(
             raise ValueError(f"unknown stage(s) {bad} (known: {', '.join(STAGES)})")
         if any(s_.startswith("probe") for s_ in stages) and not _native.available():
             raise ValueError("the probe stages need the C++ core (unshuffle._core), which is not built")
+    if start is not None:  # before any work
+        start = _check_start(start, puzzle.n_blocks)
     if token is None:
         token = CancelToken(time_limit)
     elif time_limit is not None:
@@ -553,7 +563,8 @@ def order(
                     o_in.insert(j, o_in.pop(i))
                     o_out.insert(j, o_out.pop(i))
             it += 1
-            res = local(o_in, o_out, tok, kicks=0, rows=ILS_ROWS)
+            res = local(o_in, o_out, tok, kicks=0, rows=ILS_ROWS,
+                        **({} if ILS_SCHEDULE is None else dict(schedule=ILS_SCHEDULE)))
             log.info("ils %d (%s): %.4g (best %.4g)", it, kind, res.loss / nvals, best.loss / nvals)
             if res.loss < best.loss * (1 - 1e-9) or res.stopped in ("exact", INTERRUPTED):
                 consider(res, f"{lineage}#ils{it}")
@@ -747,6 +758,10 @@ def order(
         plan = ["probe", "probe2", "probe4", "probe+", "search", "probe++"]
     widths = {"probe": beam_width, "probe2": 2 * beam_width, "probe4": 4 * beam_width, "probe+": 4 * beam_width,
               "probe++": 16 * beam_width}
+    if start is not None:
+        consider(local(*start, token, max_rounds=0), "start")
+        if strategy == "auto" and stages is None:  # from a warm start: the stage near the answer first
+            plan = ["ils"] + [s_ for s_ in plan if s_ != "ils"]
     if plan:
         log.info("%s network (median seed MSE %.3g x var(pred)): plan %s", kind,
                  median_seed / var if var > 0 else float("inf"), ", ".join(plan))
@@ -821,6 +836,18 @@ def order(
         kind=kind,
         plan=list(plan),
     )
+
+
+def _check_start(start, n: int) -> Tuple[List[int], List[int]]:
+    """``order(start=...)`` validated: two permutations of range(n) as lists."""
+    try:
+        o_in, o_out = ([int(v) for v in part] for part in start)
+    except (TypeError, ValueError):
+        raise ValueError("start must be (order_in, order_out): two lists of stack indices") from None
+    for name, part in (("order_in", o_in), ("order_out", o_out)):
+        if sorted(part) != list(range(n)):
+            raise ValueError(f"start {name} must be a permutation of 0..{n - 1} (N={n} blocks), got {part}")
+    return o_in, o_out
 
 
 def _family(name: str) -> str:

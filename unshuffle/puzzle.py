@@ -22,10 +22,11 @@ exception type. Loading needs numpy (and the C++ core for speed), never torch.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -169,9 +170,54 @@ class Puzzle:
         ids.append(self.last_id)
         return ids
 
+    def blocks_of(self, ids: Sequence[int]) -> Tuple[List[int], List[int]]:
+        """The inverse of ``answer``: piece ids in execution order (2N+1 of them, ``last`` at the end) as stack
+        indices (order_in, order_out). Raises ValueError unless the ids are this puzzle's in and out pieces
+        (each once, alternating) and its last piece."""
+        n = self.n_blocks
+        try:
+            ids = [int(i) for i in ids]
+        except (TypeError, ValueError):
+            raise ValueError("an order must be a list of integer piece ids") from None
+        if len(ids) != 2 * n + 1:
+            raise ValueError(f"expected {2 * n + 1} piece ids in execution order (N={n} blocks), got {len(ids)}")
+        if sorted(ids[0:-1:2]) != sorted(int(i) for i in self.inp_ids) or \
+                sorted(ids[1:-1:2]) != sorted(int(i) for i in self.out_ids) or ids[-1] != int(self.last_id):
+            raise ValueError("the ids are not this puzzle's in/out pieces, alternating, each once, then its last piece")
+        inp = {int(p): a for a, p in enumerate(self.inp_ids)}
+        out = {int(p): b for b, p in enumerate(self.out_ids)}
+        return [inp[i] for i in ids[0:-1:2]], [out[i] for i in ids[1:-1:2]]
+
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path is not None else ""
         return f"Puzzle(N={self.n_blocks}, d={self.d}, h={self.h}, k={self.k}, rows={self.n_rows}{where})"
+
+
+def load_order(path: Union[str, Path], puzzle: "Puzzle") -> List[int]:
+    """Piece ids in execution order from a file, checked against ``puzzle`` (``Puzzle.blocks_of``): a JSON list,
+    a JSON object with ``permutation`` (``unshuffle solve --json`` output) or ``answer``, or comma- or
+    newline-separated ids. Raises PuzzleError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PuzzleError(f"cannot read the order file: {exc}", path) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            obj = [int(x) for x in text.replace("\n", ",").split(",") if x.strip()]
+        except ValueError:
+            raise PuzzleError("not an order: expected JSON or comma-separated piece ids", path) from None
+    if isinstance(obj, dict):
+        obj = obj.get("permutation") or obj.get("answer")
+    if not isinstance(obj, list):
+        raise PuzzleError("not an order: expected a list of piece ids (or an object with 'permutation')", path)
+    try:
+        puzzle.blocks_of(obj)
+    except ValueError as exc:
+        raise PuzzleError(str(exc), path) from None
+    return [int(i) for i in obj]
 
 
 def answer_sha256(answer: List[int]) -> str:

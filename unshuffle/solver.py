@@ -232,6 +232,7 @@ def solve(
     progress=None,
     on_phase: Optional[Callable[[str], None]] = None,
     certificate: bool = True,
+    start: Optional[Sequence[int]] = None,
     **order_kwargs,
 ) -> Solution:
     """Load (if given a path), pair, order and verify. ``exact`` is True only when the answer reproduces
@@ -248,7 +249,11 @@ def solve(
 
     ``certificate``: when the answer is exact, score every single-move neighbour on all rows (see
     ``unshuffle.certificate``; a fraction of the solve time) and return it as ``Solution.certificate``. It
-    runs under the same token and budget: a stop during it leaves it incomplete and sets ``stopped``."""
+    runs under the same token and budget: a stop during it leaves it incomplete and sets ``stopped``.
+
+    ``start``: piece ids in execution order (``permutation`` of an earlier Solution, e.g. one that ran out of
+    time; ``puzzle.load_order`` reads one from a file) to warm-start the order search from (``order(start=)``);
+    ValueError when they are not this puzzle's pieces."""
     token = CancelToken(time_limit) if token is None else token.limited(time_limit)
     tr = _Tracker(token, on_phase)
     t0 = time.perf_counter()
@@ -261,6 +266,8 @@ def solve(
         if not isinstance(puzzle, Puzzle):
             tr.enter("load")
             puzzle = load_puzzle(puzzle)
+        if start is not None:
+            order_kwargs["start"] = puzzle.blocks_of(start)
         tr.enter("pair")
         pr = pair(puzzle, pairing_methods[0])
         if pairing_methods[0] == "auto" and not pr.confident:

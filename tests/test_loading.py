@@ -696,7 +696,9 @@ def test_blocks_of_inverts_answer_and_load_order_reads_every_format(tmp_path):
              ("twice.json", json.dumps(g.answer[:2] * 5 + g.answer[-1:]), "each once"),
              ("words.txt", "first, second", "not an order"),
              ("dict.json", json.dumps({"exact": True}), "not an order"),
-             ("floaty.json", json.dumps(["a"] * 11), "integer piece ids")]
+             ("strings.json", json.dumps(["a"] * 11), "integer piece ids"),
+             ("floaty.json", json.dumps([i + 0.5 for i in g.answer]), "integer piece ids"),
+             ("quoted.json", json.dumps([str(i) for i in g.answer]), "integer piece ids")]
     for name, text, pattern in cases:
         (tmp_path / name).write_text(text)
         with pytest.raises(PuzzleError, match=pattern) as e:

@@ -175,10 +175,13 @@ class Puzzle:
         indices (order_in, order_out). Raises ValueError unless the ids are this puzzle's in and out pieces
         (each once, alternating) and its last piece."""
         n = self.n_blocks
-        try:
-            ids = [int(i) for i in ids]
-        except (TypeError, ValueError):
-            raise ValueError("an order must be a list of integer piece ids") from None
+        try:  # integers only: 3.7 or "3" is a malformed file, not piece 3
+            ok = all(not isinstance(i, (bool, str)) and int(i) == i for i in ids)
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError("an order must be a list of integer piece ids")
+        ids = [int(i) for i in ids]
         if len(ids) != 2 * n + 1:
             raise ValueError(f"expected {2 * n + 1} piece ids in execution order (N={n} blocks), got {len(ids)}")
         if sorted(ids[0:-1:2]) != sorted(int(i) for i in self.inp_ids) or \

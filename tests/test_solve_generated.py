@@ -196,3 +196,37 @@ def test_data_fo_replaces_the_weight_pairing_only_with_a_clear_margin(monkeypatc
     got = sv._choose_pairing(pz, first, 0, sv.CancelToken(None))
     assert got is (alt if switch else first)
     assert sv.DATA_FO_MARGIN == 0.8
+
+
+def test_a_warm_start_goes_to_the_first_pairing_only(monkeypatch, generated):
+    """solve(start=ids): the first pairing's order() gets the start as stack indices; a fallback pairing's
+    order() does not (from the first pairing's order it would repeat that search, not try its own pairing)."""
+    from types import SimpleNamespace
+
+    import unshuffle.solver as sv
+
+    g, pz = generated
+    ti, to = pz.blocks_of(g.answer)
+    si, so = ti[::-1], to[::-1]  # a wrong order: the first search "fails", so the fallback runs
+    starts = []
+
+    def fake_order(puzzle, pr, **kw):  # returns its start, else the pairing in stack order
+        start = kw.get("start")
+        starts.append(start)
+        o_in, o_out = start if start else (list(range(puzzle.n_blocks)), list(pr.out_of))
+        return SimpleNamespace(order=list(o_in), order_out=list(o_out), stopped="local_optimum", timings={},
+                               backend="cpp")
+
+    real_pair = sv.pair
+
+    def fake_pair(p, m="auto", **kw):  # the fallback's pairing differs from the first one
+        pr = real_pair(p, "trace", **kw)
+        if m == "ratio":
+            pr.out_of = pr.out_of[1:] + pr.out_of[:1]
+        return pr
+
+    monkeypatch.setattr(sv, "order", fake_order)
+    monkeypatch.setattr(sv, "pair", fake_pair)
+    sol = sv.solve(pz, start=pz.answer(si, so), pairing_methods=("trace", "ratio"), certificate=False)
+    assert not sol.exact
+    assert starts == [(si, so), None], starts

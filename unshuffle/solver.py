@@ -253,7 +253,8 @@ def solve(
 
     ``start``: piece ids in execution order (``permutation`` of an earlier Solution, e.g. one that ran out of
     time; ``puzzle.load_order`` reads one from a file) to warm-start the order search from (``order(start=)``);
-    ValueError when they are not this puzzle's pieces."""
+    ValueError when they are not this puzzle's pieces. Only the first pairing's search starts there: a fallback
+    pairing's search from the same order (the first pairing's out pieces) would repeat it, not try its pairing."""
     token = CancelToken(time_limit) if token is None else token.limited(time_limit)
     tr = _Tracker(token, on_phase)
     t0 = time.perf_counter()
@@ -266,14 +267,13 @@ def solve(
         if not isinstance(puzzle, Puzzle):
             tr.enter("load")
             puzzle = load_puzzle(puzzle)
-        if start is not None:
-            order_kwargs["start"] = puzzle.blocks_of(start)
+        warm = None if start is None else puzzle.blocks_of(start)
         tr.enter("pair")
         pr = pair(puzzle, pairing_methods[0])
         if pairing_methods[0] == "auto" and not pr.confident:
             pr = _choose_pairing(puzzle, pr, seed, token)
         tr.enter("order")
-        orr = order(puzzle, pr, backend=backend, seed=seed, bt=bt, progress=progress, token=token,
+        orr = order(puzzle, pr, backend=backend, seed=seed, bt=bt, progress=progress, token=token, start=warm,
                     on_best=lambda oi, oo: setattr(tr, "best", (pr, oi, oo, None)), **order_kwargs)
         tr.best = (pr, orr.order, orr.order_out, orr)
         tr.enter("verify", check=False)  # the answer found so far is verified even after a stop

@@ -576,23 +576,38 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
   const int64_t K = static_cast<int64_t>(moves.size());
   std::vector<double> cand(static_cast<std::size_t>(K));
   std::vector<double> head(static_cast<std::size_t>(N + 1), 0.0);  // head[s] = sum of probe[first+1 .. s]
+  std::vector<int64_t> all(static_cast<std::size_t>(K)), top;
+  std::iota(all.begin(), all.end(), 0);
+  const int64_t L = std::max<int64_t>(P.list_keep, 0);
+  std::vector<double> lval;  // the candidate list: a move's last J while it improved, INFINITY otherwise
+  bool have_list = false;
+  auto lowest = [&](const std::vector<double>& v, int64_t keep) {  // `top` = the keep lowest finite v, ascending index
+    top.clear();
+    for (int64_t c = 0; c < K; ++c)
+      if (std::isfinite(v[c])) top.push_back(c);
+    const int64_t M = std::min<int64_t>(std::max<int64_t>(keep, 1), static_cast<int64_t>(top.size()));
+    std::partial_sort(top.begin(), top.begin() + M, top.end(),
+                      [&](int64_t u, int64_t w) { return v[u] < v[w] || (v[u] == v[w] && u < w); });
+    top.resize(static_cast<std::size_t>(M));
+    std::sort(top.begin(), top.end());
+  };
 #ifdef _OPENMP
   const int nt = P.n_threads > 0 ? P.n_threads : omp_get_max_threads();
 #else
   const int nt = 1;
 #endif
-  while (true) {
-    if (const char* why = stop.reason()) { res.stopped = why; break; }
-    if (res.rounds >= P.max_rounds) { res.stopped = "max_rounds"; break; }
-    if (K == 0) { res.stopped = "local_optimum"; break; }
-    ++res.rounds;
+  // Score the candidates `which` into out[c] (J; INFINITY: cut, skipped or halted); true when the stop flag
+  // halted it. tighten: the bound falls to the best J found so far (only the argmin is wanted); else it stays
+  // at bound0 (the candidate list keeps the J of every move that beats bound0).
+  auto score = [&](const std::vector<int64_t>& which, double bound0, bool tighten, std::vector<double>& out) {
     for (int64_t s = 0; s <= N; ++s) head[s] = (s > first ? head[s - 1] + probe[s] : 0.0);
+    const int64_t n = static_cast<int64_t>(which.size());
     std::atomic<bool> halted{false};
     std::atomic<int64_t> nprobes{0};
-    // The round's best J so far, shared by the threads as a bound (a double in an atomic<int64_t>'s bits
-    // would do; a plain mutex-free min via compare-exchange on the double's value is enough here).
-    std::atomic<double> bound{cur};
-#pragma omp parallel num_threads(nt) if (nt > 1 && K > 1)
+    // The round's best J so far, shared by the threads as a bound (a plain mutex-free min via compare-exchange
+    // on the double's value).
+    std::atomic<double> bound{bound0};
+#pragma omp parallel num_threads(nt) if (nt > 1 && n > 1)
     {
       RowApplier tap(net);
       Probe tpr(d, k, P.features, P.ridge);
@@ -600,8 +615,9 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       std::vector<int64_t> tin(static_cast<std::size_t>(N)), tout(static_cast<std::size_t>(N));
       int64_t local_probes = 0;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < K; ++c) {
-        cand[c] = INFINITY;
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t c = which[t];
+        out[c] = INFINITY;
         if (halted.load(std::memory_order_relaxed)) continue;
         if (stop.should_stop()) {
           halted.store(true, std::memory_order_relaxed);
@@ -627,7 +643,8 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
           src = x.data();
         }
         if (cut) continue;
-        cand[c] = acc;
+        out[c] = acc;
+        if (!tighten) continue;
         double b = bound.load(std::memory_order_relaxed);
         while (acc < b && !bound.compare_exchange_weak(b, acc, std::memory_order_relaxed)) {
         }
@@ -635,21 +652,57 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       nprobes.fetch_add(local_probes);
     }
     res.probes += nprobes.load();
-    if (halted.load()) {
-      const char* why = stop.reason();
-      res.stopped = why ? why : "interrupted";
-      break;
-    }
+    return halted.load();
+  };
+  auto argmin = [&](const std::vector<int64_t>& which, const std::vector<double>& v) {
     int64_t best = -1;
-    for (int64_t c = 0; c < K; ++c)
-      if (std::isfinite(cand[c]) && (best < 0 || cand[c] < cand[best])) best = c;
-    if (best < 0 || !path_improves(cand[best], cur)) { res.stopped = "local_optimum"; break; }
+    for (int64_t c : which)  // `which` ascending: ties go to the lower index
+      if (std::isfinite(v[c]) && (best < 0 || v[c] < v[best])) best = c;
+    return best;
+  };
+  bool halted = false;
+  while (true) {
+    if (const char* why = stop.reason()) { res.stopped = why; break; }
+    if (res.rounds >= P.max_rounds) { res.stopped = "max_rounds"; break; }
+    if (K == 0) { res.stopped = "local_optimum"; break; }
+    ++res.rounds;
+    int64_t best = -1;
+    if (L && have_list) {  // the list's most promising moves (cut at the current J only: each keeps its J)
+      lowest(lval, L);
+      const int64_t M = static_cast<int64_t>(top.size());
+      if (M > 0) {
+        if ((halted = score(top, cur, false, cand))) break;
+        res.candidates += M;
+        for (int64_t c : top) lval[c] = std::isfinite(cand[c]) && path_improves(cand[c], cur) ? cand[c] : INFINITY;
+        best = argmin(top, cand);
+        if (best >= 0 && !path_improves(cand[best], cur)) best = -1;
+      }
+    }
+    if (best < 0) {  // no list, or none of its moves improves J: the full round
+      // (with a list, every improving move's J is kept: no bound below the current J)
+      if ((halted = score(all, cur, L == 0, cand))) break;
+      res.candidates += K;
+      ++res.full_rounds;
+      best = argmin(all, cand);
+      if (best < 0 || !path_improves(cand[best], cur)) { res.stopped = "local_optimum"; break; }
+      if (L) {
+        lval.assign(cand.begin(), cand.end());
+        for (double& v : lval)
+          if (!(std::isfinite(v) && path_improves(v, cur))) v = INFINITY;
+        have_list = true;
+      }
+    }
+    if (L) lval[best] = INFINITY;  // the move taken: its index names another move in the new order
     const Move& mv = moves[best];
     apply_move(oin.data(), oout.data(), N, mv.kind, mv.i, mv.j);
     refresh(mv.s);
     cur = total();
     res.history.push_back({static_cast<double>(res.rounds), static_cast<double>(mv.kind), static_cast<double>(mv.i),
                            static_cast<double>(mv.j), cur});
+  }
+  if (halted) {
+    const char* why = stop.reason();
+    res.stopped = why ? why : "interrupted";
   }
   res.order_in = oin, res.order_out = oout, res.J = cur;
   res.path.assign(probe.begin() + 1, probe.end());

@@ -90,6 +90,11 @@ struct PathSearchParams {
   // repairable[a] (by in-piece stack index; empty = every piece): a re-pairing move is tried only when the in
   // pieces at both its positions are repairable (the pairing is trusted elsewhere)
   std::vector<uint8_t> repairable;
+  // list_keep > 0: a candidate list. A full round keeps the J of every move that improves the order; the
+  // rounds after it score only the list_keep listed moves of lowest stored J (a move that no longer improves
+  // leaves the list, the others take their new J) and take the best if it improves, else a full round rebuilds
+  // the list (so the search still ends at a local optimum).
+  int64_t list_keep = 0;
 };
 
 struct PathSearchResult {
@@ -98,6 +103,7 @@ struct PathSearchResult {
   std::vector<double> path;                     // (N,) probe loss after each depth 1..N of the final order
   std::vector<std::array<double, 5>> history;   // [round, kind, i, j, J after]
   int64_t rounds = 0, candidates = 0, probes = 0;
+  int64_t full_rounds = 0;                      // rounds that scored every candidate on all rows
   std::string stopped;                          // local_optimum | max_rounds | interrupted | time_limit
 };
 

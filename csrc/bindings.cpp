@@ -616,7 +616,7 @@ py::tuple parse_csv_py(py::buffer buf, int64_t offset, int64_t ncols, int n_thre
 py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array b_in, py::array W_out,
                         py::array b_out, py::array order_in, py::array order_out, py::object kinds, int64_t first,
                         const std::string& features, double ridge, int64_t max_rounds, int n_threads,
-                        const StopFlag* stop, py::object time_limit_s, py::object repairable) {
+                        const StopFlag* stop, py::object time_limit_s, py::object repairable, int64_t list_keep) {
   const std::string fn = "path_search";
   auto xs = check(X, fn, "X", true, 2, "(R, d)");
   const int64_t R = xs[0], d = xs[1];
@@ -632,6 +632,8 @@ py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array
   p.kinds = parse_kinds(fn, "kinds", kinds);
   p.first = first, p.features = parse_features(fn, features), p.ridge = ridge, p.max_rounds = max_rounds;
   p.n_threads = n_threads;
+  if (list_keep < 0) fail(fn, "list_keep must be >= 0, got " + std::to_string(list_keep));
+  p.list_keep = list_keep;
   if (!repairable.is_none()) {  // one flag per in piece (stack index)
     for (py::handle v : repairable) p.repairable.push_back(py::cast<bool>(v) ? 1 : 0);
     if (static_cast<int64_t>(p.repairable.size()) != s.Ni)
@@ -660,6 +662,7 @@ py::dict path_search_py(py::array X, py::array target, py::array W_in, py::array
   out["rounds"] = r.rounds;
   out["candidates"] = r.candidates;
   out["probes"] = r.probes;
+  out["full_rounds"] = r.full_rounds;
   out["stopped"] = r.stopped;
   return out;
 }
@@ -729,12 +732,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("kinds") = std::vector<std::string>{"adjacent", "swap", "insert"}, py::arg("first") = 0,
         py::arg("features") = "quadratic", py::arg("ridge") = 1e-10, py::arg("max_rounds") = 1000,
         py::arg("n_threads") = 0, py::arg("stop") = nullptr, py::arg("time_limit_s") = py::none(),
-        py::arg("repairable") = py::none(),
+        py::arg("repairable") = py::none(), py::arg("list_keep") = 0,
         "Best-improvement local search on J = sum over depths p > first of the probe loss after p blocks\n"
         "(unshuffle.beam). Moves of `kinds` on positions >= first; a re-pairing move only between two in pieces\n"
-        "flagged in `repairable` (one flag per in piece; None = all). Returns dict(order_in, order_out, J, path\n"
+        "flagged in `repairable` (one flag per in piece; None = all). list_keep > 0: after a full round, only the\n"
+        "list_keep moves that improved most (by their last J) are re-scored, until none of them improves.\n"
+        "Returns dict(order_in, order_out, J, path\n"
         "(N,) probe loss after each depth, history (M, 5) [round, kind, i, j, J], rounds, candidates, probes,\n"
-        "stopped in {local_optimum, max_rounds, interrupted, time_limit}).");
+        "full_rounds, stopped in {local_optimum, max_rounds, interrupted, time_limit}).");
   m.def("probe_beam", &probe_beam_py, py::arg("X"), py::arg("target"), py::arg("W_in"), py::arg("b_in"),
         py::arg("W_out"), py::arg("b_out"), py::arg("allowed"), py::arg("prefix_in") = py::none(),
         py::arg("prefix_out") = py::none(), py::arg("width") = 16, py::arg("features") = "quadratic",

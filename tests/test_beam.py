@@ -162,6 +162,38 @@ def test_path_search_matches_reference(seed, features, kinds):
                                atol=1e-9 * float((target.astype(np.float64) ** 2).mean()))
 
 
+@pytest.mark.parametrize("list_keep", [1, 4, 200])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_candidate_list_path_search_matches_reference(seed, list_keep):
+    """With a candidate list (after a full round only the ``list_keep`` moves that improved most are re-scored,
+    until none of them improves) the core makes the reference's moves round by round and stops only where a
+    full round finds no improving move. 200 > the ~60 moves at N=8: the whole list each time."""
+    X, target, w, ti, to = net(seed, N=8, R=200)
+    p = np.random.default_rng(seed + 60).permutation(8)
+    oi, oo = [ti[i] for i in p], [to[i] for i in p]
+    kinds = (mv.ADJACENT, mv.SWAP, mv.INSERT)
+    kw = dict(kinds=kinds, max_rounds=50, features="linear", list_keep=list_keep)
+    if list_keep == 4:  # with re-pairing moves limited to flagged pieces (a listed one may stop being allowed)
+        flags = [True] * 8
+        flags[ti[0]] = flags[ti[5]] = False
+        kw.update(kinds=ALL_KINDS, repairable=flags)
+    got = bm.path_search(X, target, w, oi, oo, **kw)
+    ri, ro, rJ, rh = bm.path_search_reference(X, target, *w, oi, oo, **kw)
+    assert [h[1:4] for h in got.history] == [h[1:4] for h in rh]
+    assert got.order_in == ri and got.order_out == ro
+    assert got.J == pytest.approx(rJ, rel=1e-5)
+    assert got.stopped == "local_optimum" and got.history
+    assert 1 <= got.full_rounds < got.rounds  # some moves came from the list alone
+    again = bm.path_search(X, target, w, got.order_in, got.order_out, **dict(kw, list_keep=0))
+    assert again.history == [] and again.order_in == got.order_in
+
+
+def test_path_search_rejects_a_negative_list_keep():
+    X, target, w, ti, to = net(0, N=4)
+    with pytest.raises(ValueError, match="list_keep must be >= 0"):
+        bm.path_search(X, target, w, ti, to, list_keep=-1)
+
+
 @pytest.mark.parametrize("seed", [0, 4, 5])
 def test_path_search_re_pairs_only_repairable_pieces(seed):
     """``repairable`` limits re-pairing moves to pairs of flagged in pieces, in the core as in the reference:

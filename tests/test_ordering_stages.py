@@ -333,7 +333,8 @@ def test_deep_tame_plan_starts_with_the_beam_and_a_whole_order_path_search(wd24,
 
     def spy(X, target, weights, o_in, o_out, **kw):
         if kw.get("max_rounds", 1) > 0:  # (probe_curve calls it with max_rounds=0 for the curve alone)
-            calls.append((int(X.shape[0]), kw.get("first"), kw.get("features"), tuple(kw.get("kinds"))))
+            calls.append((int(X.shape[0]), kw.get("first"), kw.get("features"), tuple(kw.get("kinds")),
+                          kw.get("list_keep", 0)))
             starts.append((list(o_in), list(o_out)))
         return real(X, target, weights, o_in, o_out, **kw)
 
@@ -350,11 +351,12 @@ def test_deep_tame_plan_starts_with_the_beam_and_a_whole_order_path_search(wd24,
     assert r.stopped == "exact", r.runs
     assert r.runs[0][0] == "beam16#0", r.runs
     assert calls, r.runs
-    # (fixture: 1,000 rows = 3 draws of 300) linear probe features, block moves only; with a pairing that is not
-    # confident each is followed by a re-pairing turn, which finds nothing to change in a right pairing (so the
-    # blocks do not go again)
-    blocks = (300, 0, od.PATH_FEATURES, (mv.ADJACENT, mv.SWAP, mv.INSERT))
-    turn = (300, 0, od.PATH_FEATURES, (mv.REPAIR,))
+    # (fixture: 1,000 rows = 3 draws of 300) linear probe features, block moves only, with the candidate list;
+    # with a pairing that is not confident each is followed by a re-pairing turn (every move each round: it is
+    # cheap), which finds nothing to change in a right pairing (so the blocks do not go again)
+    blocks = (300, 0, od.PATH_FEATURES, (mv.ADJACENT, mv.SWAP, mv.INSERT), od.PATH_LIST_KEEP)
+    turn = (300, 0, od.PATH_FEATURES, (mv.REPAIR,), 0)
+    assert od.PATH_LIST_KEEP > 0
     assert set(calls) <= ({blocks} if pr.confident else {blocks, turn}), calls
     assert calls[0] == blocks and calls.count(blocks) <= 3, calls
     assert all(b == blocks for b in calls[::2]) and all(t == turn for t in calls[1::2]) or pr.confident, calls

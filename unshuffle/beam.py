@@ -166,31 +166,63 @@ def path_losses_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_o
 
 def path_search_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_out,
                           kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0, features: str = "quadratic",
-                          max_rounds: int = 1000, repairable: Optional[Sequence[bool]] = None):
+                          max_rounds: int = 1000, repairable: Optional[Sequence[bool]] = None,
+                          list_keep: int = 0):
     """Best-improvement local search on J = sum of probe losses over depths > first, evaluating every
     candidate in full (the core prunes; the chosen moves are the same). A re-pairing move is a candidate only
-    when both its in pieces are ``repairable`` (one flag per in piece; None = all). Returns (order_in,
-    order_out, J, history [(round, kind, i, j, J)])."""
+    when both its in pieces are ``repairable`` (one flag per in piece; None = all). ``list_keep`` > 0 (a
+    candidate list): a full round stores the J of every move that improves the order; the next rounds score
+    only the ``list_keep`` stored moves of lowest J (ties: lower index; a move that no longer improves leaves
+    the list, the others take their new J) and take the best if it improves, else a full round rebuilds the
+    list, so the search still ends where no move improves. Returns (order_in, order_out, J, history
+    [(round, kind, i, j, J)])."""
     oi, oo = list(order_in), list(order_out)
     N = len(oi)
+    L = max(0, int(list_keep))
+    lval = None  # the candidate list: {move index: its last J while it improved}
 
     def J(a, b):
         return float(path_losses_reference(X, target, W_in, b_in, W_out, b_out, a, b, features)[first:].sum())
 
+    def improves(v, c):
+        return v < c * (1.0 - 1e-9) - 1e-30
+
     cur, hist = J(oi, oo), []
     moves = [(k, i, j) for k in kinds for (i, j) in mv.enumerate_moves(N, k) if min(i, j) >= first]
     for rnd in range(1, max_rounds + 1):
+        ok = [c for c, (k, i, j) in enumerate(moves)
+              if not (k == mv.REPAIR and repairable is not None and not (repairable[oi[i]] and repairable[oi[j]]))]
         best = None
-        for (k, i, j) in moves:
-            if k == mv.REPAIR and repairable is not None and not (repairable[oi[i]] and repairable[oi[j]]):
-                continue
-            ci, co = mv.apply_move(oi, oo, k, i, j)
-            v = J(ci, co)
-            if best is None or v < best[0]:
-                best = (v, k, i, j, ci, co)
-        if best is None or not best[0] < cur * (1.0 - 1e-9) - 1e-30:
-            break
-        cur, k, i, j, oi, oo = best
+        if L and lval is not None:
+            okset = set(ok)
+            for c in sorted(sorted(lval, key=lambda c: (lval[c], c))[:L]):
+                if c not in okset:  # a re-pairing no longer allowed where the pieces now stand: leaves the list
+                    del lval[c]
+                    continue
+                v = J(*mv.apply_move(oi, oo, *moves[c]))
+                if improves(v, cur):
+                    lval[c] = v
+                else:
+                    del lval[c]
+                if best is None or v < best[0]:
+                    best = (v, c)
+            if best is not None and not improves(best[0], cur):
+                best = None
+        if best is None:
+            vals = {}
+            for c in ok:
+                v = vals[c] = J(*mv.apply_move(oi, oo, *moves[c]))
+                if best is None or v < best[0]:
+                    best = (v, c)
+            if best is None or not improves(best[0], cur):
+                break
+            if L:
+                lval = {c: v for c, v in vals.items() if improves(v, cur)}
+        if L:
+            lval.pop(best[1], None)
+        cur, c = best
+        k, i, j = moves[c]
+        oi, oo = mv.apply_move(oi, oo, k, i, j)
         hist.append((rnd, k, i, j, cur))
     return oi, oo, cur, hist
 
@@ -230,6 +262,7 @@ class PathOutcome:
     candidates: int = 0
     probes: int = 0
     stopped: str = ""
+    full_rounds: int = 0  # rounds that scored every candidate on all rows
 
 
 def allowed_table(out_of: Sequence[int], alternatives: Optional[np.ndarray] = None, extra: int = 0) -> np.ndarray:
@@ -296,8 +329,9 @@ def stall_depth(curve: Sequence[float], tol: float = 0.02) -> int:
 
 def path_search(X, target, weights, order_in, order_out, kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), first: int = 0,
                 features: str = "quadratic", max_rounds: int = 1000, token: Optional[CancelToken] = None,
-                n_threads: int = 0, repairable: Optional[Sequence[bool]] = None) -> PathOutcome:
-    """The path search in the C++ core (see ``path_search_reference``). Stops on ``token``."""
+                n_threads: int = 0, repairable: Optional[Sequence[bool]] = None, list_keep: int = 0) -> PathOutcome:
+    """The path search in the C++ core (see ``path_search_reference``, also for ``list_keep``). Stops on
+    ``token``."""
     from . import _core
 
     W_in, b_in, W_out, b_out = (_f32(w) for w in weights[:4])
@@ -306,8 +340,9 @@ def path_search(X, target, weights, order_in, order_out, kinds=(mv.ADJACENT, mv.
         kw["repairable"] = [bool(v) for v in repairable]
     r = _core.path_search(_f32(X), _f32(target), W_in, b_in, W_out, b_out, np.asarray(order_in, np.int64),
                           np.asarray(order_out, np.int64), kinds=[int(k) for k in kinds], first=int(first),
-                          features=features, max_rounds=int(max_rounds), n_threads=n_threads, **kw)
+                          features=features, max_rounds=int(max_rounds), n_threads=n_threads,
+                          list_keep=int(list_keep), **kw)
     hist = [(int(h[0]), int(h[1]), int(h[2]), int(h[3]), float(h[4])) for h in np.asarray(r["history"]).reshape(-1, 5)]
     return PathOutcome(list(map(int, r["order_in"])), list(map(int, r["order_out"])), float(r["J"]),
                        [float(v) for v in r["path"]], hist, int(r["rounds"]), int(r["candidates"]), int(r["probes"]),
-                       str(r["stopped"]))
+                       str(r["stopped"]), int(r["full_rounds"]))

@@ -59,8 +59,9 @@ PATH_FEATURES = "linear"
 #: ... with a candidate list: after a full round (every move scored) only the PATH_LIST_KEEP moves that improved
 #: most are re-scored, until none of them improves (then a full round again; it still ends at a local optimum of
 #: the draw). Draw 0 from the polished beam order, one thread: wd N=48 seed 7007 the same end in 269 s instead of
-#: 487 s; 7008 a better one (J 1.557 vs 1.586, 5 insertions from the answer vs 13) in 250 s instead of 330 s
-#: (NOTES.md "A candidate list for the path search").
+#: 487 s; 7008 a better one (J 1.557 vs 1.586, 5 insertions from the answer vs 13) in 250 s instead of 330 s;
+#: whole solves, one thread each: 7008 exact in 768 s (before: not in 1200 s), fresh seed 7009 exact in 683 s
+#: (before: not in 900 s) (NOTES.md "A candidate list for the path search").
 PATH_LIST_KEEP = 64
 #: On a deep tame net whose pairing is not confident, each path search over the blocks is followed by one over
 #: the pairing alone (swaps of out pieces), then the blocks again, at most PATH_PAIR_TURNS times: from the true
@@ -633,7 +634,8 @@ def order(
         # joint: each in piece may take one of its 3 best out pieces by the trace score (the beam keeps every
         # piece pairable); the first probe stage trusts the pairing (3x cheaper), the path search re-pairs
         allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=2 if joint else 0)
-        # the path search's moves; on a deep tame net blocks only (no re-pairing), on the linear probe
+        # the path search's moves; on a deep tame net blocks only (no re-pairing), on the linear probe, with the
+        # candidate list
         path_kw = (dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT), features=PATH_FEATURES, list_keep=PATH_LIST_KEEP)
                    if deep_tame else
                    dict(kinds=(mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)))

@@ -47,11 +47,28 @@ def wd24(tmp_path_factory):
     return g, load_puzzle(folder)
 
 
-def test_ils_escapes_the_first_descent_and_keeps_only_gains(wd24):
+@pytest.fixture(scope="module")
+def wd24_stalled(wd24):
+    """(start, seed): where the search stage's descents stop short of the answer on the fixture, for the first
+    order seed where they do. Whether a plain descent already solves the fixture depends on the machine that
+    trained it (float rounding in training changes the net; on one CI-like machine seed 0's second descent was
+    exact), so the ILS tests start from such an order instead of assuming seed 0 stalls."""
     g, pz = wd24
     pr = true_pairing(pz, g.answer)
-    r = order(pz, pr, seed=0, time_limit=300, kicks=0, starts=1)  # search stage: one descent
+    for s in range(12):
+        r = order(pz, pr, seed=s, time_limit=120, kicks=0, starts=1, stages=["search"])
+        if r.stopped != "exact":
+            return (list(r.order), list(r.order_out)), s
+    raise AssertionError("every seed's descents solved the fixture: the ILS tests need a net where they stall")
+
+
+def test_ils_escapes_the_first_descent_and_keeps_only_gains(wd24, wd24_stalled):
+    g, pz = wd24
+    pr = true_pairing(pz, g.answer)
+    start, s = wd24_stalled  # a local optimum of the search stage, not the answer
+    r = order(pz, pr, seed=s, time_limit=300, kicks=0, starts=1, start=start, stages=["ils"])
     assert r.stopped == "exact", r.runs
+    assert r.runs[0][0] == "start" and r.runs[0][2] != "exact", r.runs
     names = [run[0] for run in r.runs]
     assert names[0] == r.runs[0][0] and "#ils" not in names[0]  # the plain descent first
     ils = [run for run in r.runs if "#ils" in run[0]]
@@ -62,7 +79,7 @@ def test_ils_escapes_the_first_descent_and_keeps_only_gains(wd24):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     # a run is named after the lineage it improves (the estimate of wrong positions compares lineages)
     assert all(run[0].split("#")[0] == names[0] for run in ils)
-    assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
+    assert r.mse == pytest.approx(search_rows_mse(pz, r, seed=s), rel=1e-6, abs=1e-12)
 
 
 def test_ils_is_deterministic_for_a_seed(wd24):
@@ -111,7 +128,7 @@ def test_widening_polish_reports_the_loss_of_all_search_rows(fast24, monkeypatch
         assert np.isfinite(mse) and mse >= 0
 
 
-def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
+def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24, wd24_stalled):
     """A cancel (Ctrl-C) while the ILS runs: order() returns at once, 'interrupted', with the best order so
     far. The cancel comes from the progress callback at the ILS's first gain, so the test does not depend on
     timing: every later perturbation must see it."""
@@ -129,13 +146,14 @@ def test_ils_stops_on_a_cancel_with_the_best_order_so_far(wd24):
             if "#ils" in name:
                 token.cancel()
 
-    r = order(pz, pr, seed=0, kicks=0, starts=1, token=token, progress=progress)
+    start, s = wd24_stalled
+    r = order(pz, pr, seed=s, kicks=0, starts=1, token=token, progress=progress, start=start, stages=["ils"])
     ils = [n for n in seen if "#ils" in n]
     assert ils, seen  # the ILS ran and found a gain (as in the test above)
     assert r.stopped in ("interrupted", "exact"), r.stopped  # "exact" only if that first gain was the answer
     assert r.start == ils[0] and len([run for run in r.runs if "#ils" in run[0]]) == 1, r.runs
     assert sorted(r.order) == list(range(pz.n_blocks))
-    assert r.mse == pytest.approx(search_rows_mse(pz, r), rel=1e-6, abs=1e-12)
+    assert r.mse == pytest.approx(search_rows_mse(pz, r, seed=s), rel=1e-6, abs=1e-12)
 
 
 @pytest.fixture(scope="module")

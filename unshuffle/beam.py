@@ -181,11 +181,10 @@ def path_search_reference(X, target, W_in, b_in, W_out, b_out, order_in, order_o
     L = max(0, int(list_keep))
     lval = None  # the candidate list: {move index: its last J while it improved}
 
+    from .search import improves  # the core's path_improves: the same strict-improvement rule as the search's
+
     def J(a, b):
         return float(path_losses_reference(X, target, W_in, b_in, W_out, b_out, a, b, features)[first:].sum())
-
-    def improves(v, c):
-        return v < c * (1.0 - 1e-9) - 1e-30
 
     cur, hist = J(oi, oo), []
     moves = [(k, i, j) for k in kinds for (i, j) in mv.enumerate_moves(N, k) if min(i, j) >= first]

@@ -660,6 +660,8 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       if (std::isfinite(v[c]) && (best < 0 || v[c] < v[best])) best = c;
     return best;
   };
+  // a scored move's entry in the list: its J while it improves on the current J, else INFINITY (it leaves)
+  auto listed = [&](double v) { return std::isfinite(v) && path_improves(v, cur) ? v : INFINITY; };
   bool halted = false;
   while (true) {
     if (const char* why = stop.reason()) { res.stopped = why; break; }
@@ -673,7 +675,7 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       if (M > 0) {
         if ((halted = score(top, cur, false, cand))) break;
         res.candidates += M;
-        for (int64_t c : top) lval[c] = std::isfinite(cand[c]) && path_improves(cand[c], cur) ? cand[c] : INFINITY;
+        for (int64_t c : top) lval[c] = listed(cand[c]);
         best = argmin(top, cand);
         if (best >= 0 && !path_improves(cand[best], cur)) best = -1;
       }
@@ -686,9 +688,8 @@ PathSearchResult path_search(const PackedNet& net, const float* X, int64_t R, co
       best = argmin(all, cand);
       if (best < 0 || !path_improves(cand[best], cur)) { res.stopped = "local_optimum"; break; }
       if (L) {
-        lval.assign(cand.begin(), cand.end());
-        for (double& v : lval)
-          if (!(std::isfinite(v) && path_improves(v, cur))) v = INFINITY;
+        lval.resize(static_cast<std::size_t>(K));
+        std::transform(cand.begin(), cand.end(), lval.begin(), listed);
         have_list = true;
       }
     }

@@ -133,6 +133,22 @@ def test_probe_beam_joint_pairing_and_prefix():
         assert sorted(oo) == sorted(set(oo)) and all(b in allowed[a] for a, b in zip(oi, oo))
 
 
+@pytest.mark.parametrize("seed,width,screen_rows", [(8, 1, 0), (9, 4, 0), (10, 4, 40), (11, 2, 100)])
+def test_probe_beam_with_every_out_piece_allowed_matches_reference(seed, width, screen_rows):
+    """The pairing beam's table (ordering.PAIR_BEAM_WIDTH): every out piece allowed for every in piece, the
+    pairing's own first, with and without screening; the beam builds the pairing with the order."""
+    N = 6
+    X, target, w, ti, to = net(seed, N=N)
+    allowed = bm.allowed_table(list(range(N)), np.zeros((N, N)), extra=N - 1)
+    assert all(sorted(row) == list(range(N)) and row[0] == a for a, row in enumerate(allowed.tolist()))
+    out = bm.probe_beam(X, target, w, allowed, width=width, screen_rows=screen_rows, screen_keep=4 * width)
+    ri, ro, rl = bm.probe_beam_reference(X, target, *w, allowed, width=width, screen_rows=screen_rows,
+                                         screen_keep=4 * width)
+    assert [o[0] for o in out.orders] == ri and [o[1] for o in out.orders] == ro
+    np.testing.assert_allclose(out.losses, rl, rtol=1e-5, atol=1e-9)
+    assert all(sorted(oo) == list(range(N)) for _, oo in out.orders)  # each a pairing: no out piece twice
+
+
 ALL_KINDS = (mv.ADJACENT, mv.SWAP, mv.INSERT, mv.REPAIR)
 
 

@@ -84,7 +84,14 @@ PATH_PAIR_SHARE = 0.25
 EXPLOSIVE_RATIO = 10.0
 DEEP_EXPLOSIVE_RATIO = 500.0
 #: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
-STAGES = ("search", "ils", "refit", "probe", "probe2", "probe4", "probe+", "probe++")
+#: The pairing beam (stage "pairbeam"): a probe beam that picks each block's out piece among all unused ones, so
+#: the pairing is built with the order. For tame nets whose pairing comes from the data (``data_fo``: brief or
+#: plain-SGD training, weights near init, no pairing signal in them). Along the true prefix of such nets the true
+#: out piece gives the true next in piece the lowest probe loss at every depth (brief N=32, two nets, 32 of 32
+#: depths each), so a beam that keeps the pieces pairable builds pairing and order together (NOTES.md "Tame
+#: nets: the pairing beam"). Width 4: brief N=32 seed 7101 32 of 32 pairs right in 20 s on 2 cores.
+PAIR_BEAM_WIDTH = 4
+STAGES = ("search", "ils", "refit", "pairbeam", "probe", "probe2", "probe4", "probe+", "probe++")
 
 log = logging.getLogger("unshuffle")
 
@@ -346,7 +353,7 @@ def order(
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
     are probed on all rows. ``stages`` replaces the plan "auto" would choose by an explicit list of stage names
-    (``STAGES``: search, ils, refit, probe, probe2, probe4, probe+, probe++), run in that order with the same
+    (``STAGES``: search, ils, refit, pairbeam, probe, probe2, probe4, probe+, probe++), run in that order with the same
     time shares.
 
     ``start`` = (order_in, order_out), stack indices (``Puzzle.blocks_of`` turns piece ids into them): a warm
@@ -358,7 +365,7 @@ def order(
         bad = [s_ for s_ in stages if s_ not in STAGES]
         if bad:
             raise ValueError(f"unknown stage(s) {bad} (known: {', '.join(STAGES)})")
-        if any(s_.startswith("probe") for s_ in stages) and not _native.available():
+        if any(s_.startswith("probe") or s_ == "pairbeam" for s_ in stages) and not _native.available():
             raise ValueError("the probe stages need the C++ core (unshuffle._core), which is not built")
     if start is not None:  # before any work
         start = _check_start(start, puzzle.n_blocks)
@@ -617,6 +624,38 @@ def order(
                 best = min(best, res.loss)
                 o_in, o_out = list(res.order_in), list(res.order_out)
 
+    def probe_data():
+        """The probe rows (``probe_rows`` of them, drawn with seed + 1) and the block weights, for the beams."""
+        a = puzzle.arrays
+        pidx = np.arange(puzzle.n_rows) if puzzle.n_rows <= probe_rows else _native.search_rows(
+            puzzle.n_rows, probe_rows, seed + 1)
+        return a.X[pidx], a.pred[pidx], (a.W_in, a.b_in, a.W_out, a.b_out)
+
+    def pair_beam_stage(tok):
+        """The pairing beam (``PAIR_BEAM_WIDTH``): the probe beam with every out piece allowed for every in piece
+        (the beam keeps the unused pieces pairable), so each block's out piece is chosen in the context of the
+        prefix before it; then the output-loss polish, re-pairings included. The stages after it go on from the
+        best order so far as usual."""
+        from . import beam as bm
+
+        if not _native.available():
+            return
+        PX, PT, pw = probe_data()
+        n = len(out_of)
+        allowed = bm.allowed_table(out_of, np.zeros((n, n)), extra=n - 1)  # the pairing's own out piece first
+        log.info("pairing beam, width %d, %d rows", PAIR_BEAM_WIDTH, len(PX))
+        if progress is not None:
+            progress(-1, f"pairing beam (width {PAIR_BEAM_WIDTH})", 0.0)
+        screen = len(PX) // 4 if beam_screen is None else beam_screen
+        beam = bm.probe_beam(PX, PT, pw, allowed, width=PAIR_BEAM_WIDTH, token=tok, screen_rows=screen,
+                             screen_keep=16 * PAIR_BEAM_WIDTH)
+        stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+        if not beam.orders:
+            return
+        res = local(*beam.orders[0], tok, schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)),
+                    kicks=min(kicks, 2), max_rounds=min(max_rounds, 60))
+        consider(res, "pairbeam")
+
     def probe_stage(tok, width, joint, path=True):
         """Probe beam -> output-loss polish -> (``path``) path search over a growing suffix -> polish
         (docs/ORDERING.md); on a deep tame net (``deep_tame``) the path search runs over the whole order, on
@@ -626,11 +665,7 @@ def order(
 
         if not _native.available():
             return
-        a = puzzle.arrays
-        pidx = np.arange(puzzle.n_rows) if puzzle.n_rows <= probe_rows else _native.search_rows(
-            puzzle.n_rows, probe_rows, seed + 1)
-        PX, PT = a.X[pidx], a.pred[pidx]
-        pw = (a.W_in, a.b_in, a.W_out, a.b_out)
+        PX, PT, pw = probe_data()
         # joint: each in piece may take one of its 3 best out pieces by the trace score (the beam keeps every
         # piece pairable); the first probe stage trusts the pairing (3x cheaper), the path search re-pairs
         allowed = bm.allowed_table(out_of, getattr(pairing, "neg_trace", None), extra=2 if joint else 0)
@@ -642,10 +677,10 @@ def order(
         # ... and, with an unconfident pairing, re-pairing turns among its least confident pieces
         pair_turns = PATH_PAIR_TURNS if deep_tame and not getattr(pairing, "confident", False) else 0
         pair_flags = least_confident(pairing, PATH_PAIR_SHARE) if pair_turns else None
-        log.info("probe beam, width %d, %d rows%s", width, len(pidx), ", joint pairing" if joint else "")
+        log.info("probe beam, width %d, %d rows%s", width, len(PX), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
-        screen = len(pidx) // 4 if beam_screen is None else beam_screen
+        screen = len(PX) // 4 if beam_screen is None else beam_screen
         beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen, screen_keep=16 * width)
         stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
         if not beam.orders:
@@ -667,7 +702,7 @@ def order(
                 # random draw: so is each slice), each from where the last one ended (a local optimum of J on
                 # one draw need not be one on the next), starting from the polished beam order (wd N=48 seed
                 # 7001: Kendall 178 from the answer, where the raw beam order is at 270)
-                path_runs = [(0, k) for k in range(max(1, len(pidx) // PATH_ROWS))]
+                path_runs = [(0, k) for k in range(max(1, len(PX) // PATH_ROWS))]
                 o_in, o_out = list(res.order_in), list(res.order_out)
             else:  # over a growing suffix, on all the probe rows
                 path_runs = [(f, None) for f in sorted({max(0, cp - 8), max(0, cp - 16), 0}, reverse=True)]
@@ -766,6 +801,10 @@ def order(
     else:  # the output loss explodes away from the answer: probe beams first, widening (each ends on its own),
         # then the joint-pairing beams with the path search, the search as a last resort
         plan = ["probe", "probe2", "probe4", "probe+", "search", "probe++"]
+    if (stages is None and strategy == "auto" and probe_ok and not easy and not explosive
+            and getattr(pairing, "method", None) == "data_fo"):
+        # the weights carry no pairing signal (the data pairing won): build pairing and order together first
+        plan = ["pairbeam"] + plan
     widths = {"probe": beam_width, "probe2": 2 * beam_width, "probe4": 4 * beam_width, "probe+": 4 * beam_width,
               "probe++": 16 * beam_width}
     if start is not None:
@@ -789,7 +828,8 @@ def order(
         # beam cut off returns nothing and the wider beam is the better bet than the path search (every exact
         # chaotic solve on the reach grid came from a beam order; NOTES.md). Shares set on the dev puzzles; the
         # widening was chosen after diagnosing two grid failures (fast/paper N=32 seed 9001).
-        share = None if left is None else (left * 0.3 if stage == "search" and i == 0 else
+        share = None if left is None else (left * 0.3 if stage == "search" and set(plan[:i]) <= {"pairbeam"} else
+                                           left * 0.6 if stage == "pairbeam" else
                                            left if stage in ("probe", "probe2", "probe4") and explosive else
                                            left if stage == "probe" and deep_tame and i == 0 else
                                            left if stage == "ils" else
@@ -797,7 +837,9 @@ def order(
                                            left / (len(plan) - i))
         tok = token if share is None else token.limited(share)
         t0 = time.perf_counter()
-        if stage == "search":
+        if stage == "pairbeam":
+            pair_beam_stage(tok)
+        elif stage == "search":
             search_stage(tok)
         elif stage == "ils":
             ils_stage(tok)

@@ -135,7 +135,7 @@ def test_probe_beam_joint_pairing_and_prefix():
 
 @pytest.mark.parametrize("seed,width,screen_rows", [(8, 1, 0), (9, 4, 0), (10, 4, 40), (11, 2, 100)])
 def test_probe_beam_with_every_out_piece_allowed_matches_reference(seed, width, screen_rows):
-    """The pairing beam's table (ordering.PAIR_BEAM_WIDTH): every out piece allowed for every in piece, the
+    """The pairing beam's table (ordering.PAIR_BEAM_WIDTHS): every out piece allowed for every in piece, the
     pairing's own first, with and without screening; the beam builds the pairing with the order."""
     N = 6
     X, target, w, ti, to = net(seed, N=N)

@@ -89,8 +89,9 @@ DEEP_EXPLOSIVE_RATIO = 500.0
 #: plain-SGD training, weights near init, no pairing signal in them). Along the true prefix of such nets the true
 #: out piece gives the true next in piece the lowest probe loss at every depth (brief N=32, two nets, 32 of 32
 #: depths each), so a beam that keeps the pieces pairable builds pairing and order together (NOTES.md "Tame
-#: nets: the pairing beam"). Width 4: brief N=32 seed 7101 32 of 32 pairs right in 20 s on 2 cores.
-PAIR_BEAM_WIDTH = 4
+#: nets: the pairing beam"). The widths in turn, each beam polished, until exact or the stage's share ends:
+#: width 4 (~20 s at N=32 on 2 cores) paired 28-30 of 32 on two nets where width 8 (~40 s) paired all 32.
+PAIR_BEAM_WIDTHS = (4, 8, 16)
 STAGES = ("search", "ils", "refit", "pairbeam", "probe", "probe2", "probe4", "probe+", "probe++")
 
 log = logging.getLogger("unshuffle")
@@ -632,10 +633,11 @@ def order(
         return a.X[pidx], a.pred[pidx], (a.W_in, a.b_in, a.W_out, a.b_out)
 
     def pair_beam_stage(tok):
-        """The pairing beam (``PAIR_BEAM_WIDTH``): the probe beam with every out piece allowed for every in piece
+        """The pairing beam (``PAIR_BEAM_WIDTHS``): the probe beam with every out piece allowed for every in piece
         (the beam keeps the unused pieces pairable), so each block's out piece is chosen in the context of the
-        prefix before it; then the output-loss polish, re-pairings included. The stages after it go on from the
-        best order so far as usual."""
+        prefix before it; each beam's best order is polished by the output-loss search, re-pairings included,
+        and the next, wider beam runs only if that was not exact. The stages after it go on from the best order
+        so far as usual."""
         from . import beam as bm
 
         if not _native.available():
@@ -643,18 +645,23 @@ def order(
         PX, PT, pw = probe_data()
         n = len(out_of)
         allowed = bm.allowed_table(out_of, np.zeros((n, n)), extra=n - 1)  # the pairing's own out piece first
-        log.info("pairing beam, width %d, %d rows", PAIR_BEAM_WIDTH, len(PX))
-        if progress is not None:
-            progress(-1, f"pairing beam (width {PAIR_BEAM_WIDTH})", 0.0)
         screen = len(PX) // 4 if beam_screen is None else beam_screen
-        beam = bm.probe_beam(PX, PT, pw, allowed, width=PAIR_BEAM_WIDTH, token=tok, screen_rows=screen,
-                             screen_keep=16 * PAIR_BEAM_WIDTH)
-        stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
-        if not beam.orders:
-            return
-        res = local(*beam.orders[0], tok, schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)),
-                    kicks=min(kicks, 2), max_rounds=min(max_rounds, 60))
-        consider(res, "pairbeam")
+        for width in PAIR_BEAM_WIDTHS:
+            if tok.reason() is not None or exact():
+                return
+            log.info("pairing beam, width %d, %d rows", width, len(PX))
+            if progress is not None:
+                progress(-1, f"pairing beam (width {width})", 0.0)
+            beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen,
+                                 screen_keep=16 * width)
+            stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+            if not beam.orders:  # stopped midway
+                return
+            res = local(*beam.orders[0], tok, schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)),
+                        kicks=min(kicks, 2), max_rounds=min(max_rounds, 60))
+            consider(res, f"pairbeam{width}")
+            if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
+                return
 
     def probe_stage(tok, width, joint, path=True):
         """Probe beam -> output-loss polish -> (``path``) path search over a growing suffix -> polish

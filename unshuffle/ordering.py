@@ -92,6 +92,10 @@ DEEP_EXPLOSIVE_RATIO = 500.0
 #: nets: the pairing beam"). The widths in turn, each beam polished, until exact or the stage's share ends:
 #: width 4 (~20 s at N=32 on 2 cores) paired 28-30 of 32 on two nets where width 8 (~40 s) paired all 32.
 PAIR_BEAM_WIDTHS = (4, 8, 16)
+#: Rounds of the output-loss polish after each pairing beam: a beam order with every pair right was exact within
+#: 2-15 rounds on the brief/sgd N=32 nets measured; a miss's polish ran 15-37 rounds to a local optimum that no
+#: later stage mended, and on brief seed 7106 it left the width-8 beam too little of the stage's share.
+PAIR_BEAM_POLISH_ROUNDS = 24
 STAGES = ("search", "ils", "refit", "pairbeam", "probe", "probe2", "probe4", "probe+", "probe++")
 
 log = logging.getLogger("unshuffle")
@@ -658,7 +662,7 @@ def order(
             if not beam.orders:  # stopped midway
                 return
             res = local(*beam.orders[0], tok, schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)),
-                        kicks=min(kicks, 2), max_rounds=min(max_rounds, 60))
+                        kicks=min(kicks, 2), max_rounds=min(max_rounds, PAIR_BEAM_POLISH_ROUNDS))
             consider(res, f"pairbeam{width}")
             if res.stopped in ("exact", TIME_LIMIT, INTERRUPTED):
                 return

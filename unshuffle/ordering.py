@@ -93,8 +93,9 @@ DEEP_EXPLOSIVE_RATIO = 500.0
 #: width 4 (~20 s at N=32 on 2 cores) paired 28-30 of 32 on two nets where width 8 (~40 s) paired all 32.
 PAIR_BEAM_WIDTHS = (4, 8, 16)
 #: Rounds of the output-loss polish after each pairing beam: a beam order with every pair right was exact within
-#: 2-15 rounds on the brief/sgd N=32 nets measured; a miss's polish ran 15-37 rounds to a local optimum that no
-#: later stage mended, and on brief seed 7106 it left the width-8 beam too little of the stage's share.
+#: 2-15 rounds on the brief/sgd N=32 nets measured but one (33); a miss's polish ran 15-37 rounds to a local
+#: optimum that no later stage mended, and on brief seed 7106 it left the width-8 beam too little of the share
+#: (with the cap: exact in 108.5 s; the 33-round net is exact through width 8, 96.2 s instead of 65.8 s).
 PAIR_BEAM_POLISH_ROUNDS = 24
 STAGES = ("search", "ils", "refit", "pairbeam", "probe", "probe2", "probe4", "probe+", "probe++")
 

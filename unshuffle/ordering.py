@@ -83,7 +83,6 @@ PATH_PAIR_SHARE = 0.25
 #: whole-order path search that solves deep tame nets.
 EXPLOSIVE_RATIO = 10.0
 DEEP_EXPLOSIVE_RATIO = 500.0
-#: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
 #: The pairing beam (stage "pairbeam"): a probe beam that picks each block's out piece among all unused ones, so
 #: the pairing is built with the order. For tame nets whose pairing comes from the data (``data_fo``: brief or
 #: plain-SGD training, weights near init, no pairing signal in them). Along the true prefix of such nets the true
@@ -97,6 +96,7 @@ PAIR_BEAM_WIDTHS = (4, 8, 16)
 #: optimum that no later stage mended, and on brief seed 7106 it left the width-8 beam too little of the share
 #: (with the cap: exact in 108.5 s; the 33-round net is exact through width 8, 96.2 s instead of 65.8 s).
 PAIR_BEAM_POLISH_ROUNDS = 24
+#: The stages order() can run (``stages=``); "auto" picks a plan of them from the seeds.
 STAGES = ("search", "ils", "refit", "pairbeam", "probe", "probe2", "probe4", "probe+", "probe++")
 
 log = logging.getLogger("unshuffle")
@@ -359,8 +359,10 @@ def order(
     the best seed without any search. The probe stages need the C++ core. ``beam_screen`` rows (default a
     quarter of the probe rows; 0 = off) screen each beam depth's candidates before the 16 x width best of them
     are probed on all rows. ``stages`` replaces the plan "auto" would choose by an explicit list of stage names
-    (``STAGES``: search, ils, refit, pairbeam, probe, probe2, probe4, probe+, probe++), run in that order with the same
-    time shares.
+    (``STAGES``: search, ils, refit, pairbeam, probe, probe2, probe4, probe+, probe++), run in that order with
+    the same time shares. When the pairing came from the data (``PairResult.method`` "data_fo") on a net that
+    is neither easy nor explosive, "auto" runs the pairing beam ("pairbeam": pairing and order built together)
+    before its plan.
 
     ``start`` = (order_in, order_out), stack indices (``Puzzle.blocks_of`` turns piece ids into them): a warm
     start, e.g. the best order of an earlier solve that ran out of time. It is scored as the run "start" and,
@@ -840,10 +842,11 @@ def order(
         # beam cut off returns nothing and the wider beam is the better bet than the path search (every exact
         # chaotic solve on the reach grid came from a beam order; NOTES.md). Shares set on the dev puzzles; the
         # widening was chosen after diagnosing two grid failures (fast/paper N=32 seed 9001).
-        share = None if left is None else (left * 0.3 if stage == "search" and set(plan[:i]) <= {"pairbeam"} else
+        opening = set(plan[:i]) <= {"pairbeam"}  # the plan's first stage after the pairing beam, if that runs
+        share = None if left is None else (left * 0.3 if stage == "search" and opening else
                                            left * 0.6 if stage == "pairbeam" else
                                            left if stage in ("probe", "probe2", "probe4") and explosive else
-                                           left if stage == "probe" and deep_tame and i == 0 else
+                                           left if stage == "probe" and deep_tame and opening else
                                            left if stage == "ils" else
                                            left * 0.4 if stage == "refit" else
                                            left / (len(plan) - i))

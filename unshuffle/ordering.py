@@ -639,6 +639,17 @@ def order(
             puzzle.n_rows, probe_rows, seed + 1)
         return a.X[pidx], a.pred[pidx], (a.W_in, a.b_in, a.W_out, a.b_out)
 
+    def screened_beam(PX, PT, pw, allowed, width, tok, prefix=None):
+        """One probe beam as every stage runs it: screened on ``beam_screen`` rows (default a quarter of the probe
+        rows), the 16 x ``width`` best probed on all; its candidates counted."""
+        from . import beam as bm
+
+        screen = len(PX) // 4 if beam_screen is None else beam_screen
+        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, prefix=prefix, token=tok, screen_rows=screen,
+                             screen_keep=16 * width)
+        stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+        return beam
+
     def pair_beam_stage(tok):
         """The pairing beam (``PAIR_BEAM_WIDTHS``): the probe beam with every out piece allowed for every in piece
         (the beam keeps the unused pieces pairable), so each block's out piece is chosen in the context of the
@@ -652,16 +663,13 @@ def order(
         PX, PT, pw = probe_data()
         n = len(out_of)
         allowed = bm.allowed_table(out_of, np.zeros((n, n)), extra=n - 1)  # the pairing's own out piece first
-        screen = len(PX) // 4 if beam_screen is None else beam_screen
         for width in PAIR_BEAM_WIDTHS:
             if tok.reason() is not None or exact():
                 return
             log.info("pairing beam, width %d, %d rows", width, len(PX))
             if progress is not None:
                 progress(-1, f"pairing beam (width {width})", 0.0)
-            beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen,
-                                 screen_keep=16 * width)
-            stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+            beam = screened_beam(PX, PT, pw, allowed, width, tok)
             if not beam.orders:  # stopped midway
                 return
             res = local(*beam.orders[0], tok, schedule=((mv.ADJACENT, mv.SWAP, mv.INSERT), (mv.REPAIR,)),
@@ -694,9 +702,7 @@ def order(
         log.info("probe beam, width %d, %d rows%s", width, len(PX), ", joint pairing" if joint else "")
         if progress is not None:
             progress(-1, f"probe beam (width {width})", 0.0)
-        screen = len(PX) // 4 if beam_screen is None else beam_screen
-        beam = bm.probe_beam(PX, PT, pw, allowed, width=width, token=tok, screen_rows=screen, screen_keep=16 * width)
-        stats["probe_candidates"] = stats.get("probe_candidates", 0) + beam.candidates
+        beam = screened_beam(PX, PT, pw, allowed, width, tok)
         if not beam.orders:
             return
         cp = beam.common_prefix()
@@ -777,9 +783,7 @@ def order(
             log.info("tail beam from depth %d, width %d", k, factor * width)
             if progress is not None:
                 progress(-1, f"tail beam (width {factor * width}, from depth {k})", 0.0)
-            tb = bm.probe_beam(PX, PT, pw, allowed, width=factor * width, prefix=list(zip(o_in[:k], o_out[:k])),
-                               token=tok, screen_rows=screen, screen_keep=16 * factor * width)
-            stats["probe_candidates"] += tb.candidates
+            tb = screened_beam(PX, PT, pw, allowed, factor * width, tok, prefix=list(zip(o_in[:k], o_out[:k])))
             if not tb.orders:
                 return
             res = local(*tb.orders[0], tok, **polish)
